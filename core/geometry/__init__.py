@@ -1,0 +1,1 @@
+"""Meshes the engine can render without any licensed download."""

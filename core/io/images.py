@@ -1,0 +1,51 @@
+"""Image conversion and atomic PNG writing."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+
+
+def to_uint8(image: torch.Tensor) -> np.ndarray:
+    """[3, H, W] in nominal [-1, 1] -> [H, W, 3] uint8, as the official scripts convert (x*127.5 + 128)."""
+    x = (image.detach().float().cpu() * 127.5 + 128).clamp(0, 255).to(torch.uint8)
+    return x.permute(1, 2, 0).numpy()
+
+
+def ensure_writable_dir(path: Union[str, os.PathLike]) -> Path:
+    """Create `path` if needed and check that files can be written there, before any work starts."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".next3d-write-test-"):
+            pass
+    except OSError as exc:
+        raise InputError(f"Cannot write to the output folder {str(path)!r} ({exc.strerror}). Choose a folder you "
+                         "can write to, or fix its permissions.") from None
+    return path
+
+
+def write_png(path: Union[str, os.PathLike], pixels: np.ndarray) -> None:
+    """Write a PNG atomically: to a temporary name in the same folder, then rename, so a crash never leaves a
+    half-written frame behind."""
+    import imageio.v3 as iio
+
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".png")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(iio.imwrite("<bytes>", pixels, extension=".png"))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

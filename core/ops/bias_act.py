@@ -1,0 +1,33 @@
+"""Bias + activation + gain + clamp, the fused op of StyleGAN2 written as plain PyTorch (spec §2.13)."""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+# Default gain of each activation: lrelu is scaled by sqrt(2) so activations keep unit variance.
+DEFAULT_GAIN = {"linear": 1.0, "lrelu": math.sqrt(2.0)}
+
+
+def bias_act(x: torch.Tensor, b: Optional[torch.Tensor] = None, act: str = "linear", gain: Optional[float] = None,
+             clamp: Optional[float] = None) -> torch.Tensor:
+    """x + b (along dim 1), then the activation, then * gain, then clamp to [-clamp, clamp].
+
+    `gain=None` means the activation's default gain. The order (gain before clamp) matters for the clamped
+    super-resolution layers.
+    """
+    if act not in DEFAULT_GAIN:
+        raise ValueError(f"unknown activation {act!r}; expected one of {sorted(DEFAULT_GAIN)}")
+    if b is not None:
+        x = x + b.reshape([1, -1] + [1] * (x.ndim - 2))
+    if act == "lrelu":
+        x = F.leaky_relu(x, 0.2)
+    gain = DEFAULT_GAIN[act] if gain is None else float(gain)
+    if gain != 1:
+        x = x * gain
+    if clamp is not None and clamp >= 0:
+        x = x.clamp(-clamp, clamp)
+    return x

@@ -149,7 +149,8 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
         return x
     if demodulate:
         w = w * dcoefs.reshape(n, -1, 1, 1, 1)
-    x = x.reshape(1, -1, *x.shape[2:])
+    if n > 1:  # a batch of 1 is already a single group; skipping the reshape keeps its memory format
+        x = x.reshape(1, -1, *x.shape[2:])
     w = w.reshape(-1, in_ch, kh, kw)
     x = conv2d_resample(x, w.to(x.dtype), f=resample_filter, up=up, padding=padding, groups=n,
                         flip_weight=flip_weight)

@@ -21,13 +21,21 @@ def bias_act(x: torch.Tensor, b: Optional[torch.Tensor] = None, act: str = "line
     """
     if act not in DEFAULT_GAIN:
         raise ValueError(f"unknown activation {act!r}; expected one of {sorted(DEFAULT_GAIN)}")
+    gain = DEFAULT_GAIN[act] if gain is None else float(gain)
+    clamp = clamp if clamp is not None and clamp >= 0 else None
+    # Without autograd, every step after the first works in place on the fresh tensor the first step made: the
+    # same arithmetic, but one pass over memory less per step (these tensors reach 128 x 512 x 512).
+    inplace = not (torch.is_grad_enabled() and (x.requires_grad or (b is not None and b.requires_grad)))
+    fresh = False
     if b is not None:
         x = x + b.reshape([1, -1] + [1] * (x.ndim - 2))
+        fresh = True
     if act == "lrelu":
-        x = F.leaky_relu(x, 0.2)
-    gain = DEFAULT_GAIN[act] if gain is None else float(gain)
+        x = F.leaky_relu_(x, 0.2) if inplace and fresh else F.leaky_relu(x, 0.2)
+        fresh = True
     if gain != 1:
-        x = x * gain
-    if clamp is not None and clamp >= 0:
-        x = x.clamp(-clamp, clamp)
+        x = x.mul_(gain) if inplace and fresh else x * gain
+        fresh = True
+    if clamp is not None:
+        x = x.clamp_(-clamp, clamp) if inplace and fresh else x.clamp(-clamp, clamp)
     return x

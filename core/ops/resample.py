@@ -43,14 +43,19 @@ def upfirdn2d(x: torch.Tensor, f: torch.Tensor, up: int = 1, down: int = 1, padd
         x = x.reshape(n, c, h, 1, w, 1)
         x = F.pad(x, [0, up - 1, 0, 0, 0, up - 1])
         x = x.reshape(n, c, h * up, w * up)
-    x = F.pad(x, [max(px0, 0), max(px1, 0), max(py0, 0), max(py1, 0)])
-    x = x[:, :, max(-py0, 0): x.shape[2] - max(-py1, 0), max(-px0, 0): x.shape[3] - max(-px1, 0)]
     # The filter is scaled by gain**(ndim/2) = gain for a 2-D filter, and flipped so that conv2d (a correlation)
     # computes a true convolution.
     f = (f * gain).to(x.dtype)
     if not flip_filter:
         f = f.flip([0, 1])
-    x = F.conv2d(x, f[None, None].expand(c, 1, *f.shape), groups=c)
+    weight = f[None, None].expand(c, 1, *f.shape)
+    if px0 == px1 == py0 == py1 and px0 >= 0:
+        # Symmetric zero padding inside the convolution: the same result without copying a padded image.
+        x = F.conv2d(x, weight, padding=px0, groups=c)
+    else:
+        x = F.pad(x, [max(px0, 0), max(px1, 0), max(py0, 0), max(py1, 0)])
+        x = x[:, :, max(-py0, 0): x.shape[2] - max(-py1, 0), max(-px0, 0): x.shape[3] - max(-px1, 0)]
+        x = F.conv2d(x, weight, groups=c)
     if down > 1:
         x = x[:, :, ::down, ::down]
     return x

@@ -17,6 +17,10 @@ from ..ops.resample import conv2d_resample, setup_filter, upsample2d
 
 NOISE_MODES = ("const", "random", "none")
 
+# Feature maps flow through the synthesis blocks in channels-last layout: oneDNN's transposed and depthwise
+# convolutions (2x upsampling, FIR filters) run several times faster on the CPU that way, with the same arithmetic.
+MEMORY_FORMAT = torch.channels_last
+
 
 def normalize_2nd_moment(x: torch.Tensor, dim: int = 1, eps: float = 1e-8) -> torch.Tensor:
     return x * (x.square().mean(dim=dim, keepdim=True) + eps).rsqrt()
@@ -245,7 +249,8 @@ class SynthesisBlock(nn.Module):
         w_iter = iter(ws.unbind(dim=1))
         if self.in_channels == 0:
             x = self.const.unsqueeze(0).repeat([ws.shape[0], 1, 1, 1])
-        else:
+        x = x.contiguous(memory_format=MEMORY_FORMAT)
+        if self.in_channels != 0:
             x = self.conv0(x, next(w_iter), noise_mode=noise_mode, fused_modconv=fused_modconv)
         x = self.conv1(x, next(w_iter), noise_mode=noise_mode, fused_modconv=fused_modconv)
         if img is not None:
@@ -292,7 +297,7 @@ class SynthesisNetwork(nn.Module):
         x = img = None
         for res, cur_ws in zip(self.block_resolutions, self.split_ws(ws.to(torch.float32))):
             x, img = getattr(self, f"b{res}")(x, img, cur_ws, noise_mode=noise_mode, fused_modconv=fused_modconv)
-        return img
+        return img.contiguous()
 
 
 class StyleGAN2Generator(nn.Module):

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from ..ops.resample import downsample2d, setup_filter
-from .stylegan2 import Conv2dLayer, MappingNetwork, SynthesisNetwork, channels_for
+from .stylegan2 import MEMORY_FORMAT, Conv2dLayer, MappingNetwork, SynthesisNetwork, channels_for
 
 
 class EncoderResBlock(nn.Module):
@@ -66,7 +66,7 @@ class StyleUNetSynthesis(SynthesisNetwork):
                 fused_modconv: Optional[bool] = None) -> torch.Tensor:
         block_ws = self.split_ws(ws.to(torch.float32))
         features = []
-        image, feat = condition, None
+        image, feat = condition.contiguous(memory_format=MEMORY_FORMAT), None
         for block in self.encoder:
             image, feat = block(image, feat)
             features.append(feat)
@@ -78,7 +78,7 @@ class StyleUNetSynthesis(SynthesisNetwork):
                 x = features[index] if index == 0 else torch.cat([x, features[index]], dim=1)
                 x = self.fusion[index](x)
             x, img = getattr(self, f"b{res}")(x, img, cur_ws, noise_mode=noise_mode, fused_modconv=fused_modconv)
-        return img
+        return img.contiguous()
 
 
 class StyleUNetGenerator(nn.Module):

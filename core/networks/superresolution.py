@@ -35,10 +35,6 @@ class SuperresolutionHybrid8XDC(nn.Module):
         if x.shape[-1] != self.input_resolution:
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=self.antialias)
             rgb = F.interpolate(rgb, size=size, mode="bilinear", align_corners=False, antialias=self.antialias)
-        # channels-last makes oneDNN's transposed and depthwise convolutions several times faster on the CPU;
-        # the arithmetic is the same.
-        x = x.contiguous(memory_format=torch.channels_last)
-        rgb = rgb.contiguous(memory_format=torch.channels_last)
         x, rgb = self.block0(x, rgb, ws, noise_mode=noise_mode, fused_modconv=fused_modconv)
         x, rgb = self.block1(x, rgb, ws, noise_mode=noise_mode, fused_modconv=fused_modconv)
         return rgb.contiguous()

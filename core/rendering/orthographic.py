@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from ..checks import check_tensor
 from ..errors import InputError
-from .rasterize import DEFAULT_MAX_PAIRS, cpu_single_thread, rasterize
+from .rasterize import DEFAULT_MAX_PAIRS, rasterize
 
 # (x: pitch, y: yaw, z: roll) in degrees: front, the two sides, top (spec 2.4).
 VIEW_ANGLES: Tuple[Tuple[int, int, int], ...] = ((0, 0, 0), (0, 90, 0), (0, -90, 0), (90, 0, 0))
@@ -117,12 +117,11 @@ def rasterize_views(vertices: torch.Tensor, faces: torch.Tensor, face_uvcoords: 
     faces_r = faces[:, [0, 2, 1]]
     attrs_r = face_uvcoords[:, [0, 2, 1]].to(vertices.device)
     views = []
-    with cpu_single_thread(vertices.device):             # small ops; see cpu_single_thread
-        for ang in angles:
-            verts = project_view(vertices, ang, orth_scale, orth_shift)
-            attr_img, coverage = rasterize(verts, faces_r.to(vertices.device), attrs_r, image_size,
-                                           max_pairs=max_pairs)
-            views.append(torch.cat([attr_img, coverage], dim=1))
+    for ang in angles:
+        verts = project_view(vertices, ang, orth_scale, orth_shift)
+        attr_img, coverage = rasterize(verts, faces_r.to(vertices.device), attrs_r, image_size,
+                                       max_pairs=max_pairs)
+        views.append(torch.cat([attr_img, coverage], dim=1))
     return views
 
 
@@ -167,11 +166,10 @@ def view_alphas(raster_views: Sequence[torch.Tensor], uv_face_mask: torch.Tensor
     B = first.shape[0]
     mask = uv_face_mask.to(device=first.device, dtype=first.dtype).expand(B, -1, -1, -1)
     alphas = []
-    with cpu_single_thread(first.device):                # small ops; see cpu_single_thread
-        for r in raster_views:
-            grid = r[:, :-1].permute(0, 2, 3, 1)[:, :, :, :2]
-            face_eye = F.grid_sample(mask, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-            alphas.append(fill_enclosed_holes(face_eye * r[:, -1:]))
+    for r in raster_views:
+        grid = r[:, :-1].permute(0, 2, 3, 1)[:, :, :, :2]
+        face_eye = F.grid_sample(mask, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        alphas.append(fill_enclosed_holes(face_eye * r[:, -1:]))
     # Official quirk, reproduced on purpose: the side alpha ORs the +90 degree view's alpha with *itself*
     # (`alpha_images[1].bool() | alpha_images[1].bool()`), so the -90 degree alpha is never used and the side
     # alpha is binary.

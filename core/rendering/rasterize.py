@@ -13,7 +13,6 @@ bounding box; the pairs are tested in one batch of tensor ops and a scatter-min 
 
 from __future__ import annotations
 
-import contextlib
 from typing import Sequence, Tuple, Union
 
 import torch
@@ -29,26 +28,6 @@ _K_EPSILON = 1e-8
 DEFAULT_MAX_PAIRS = 1 << 21
 
 ImageSize = Union[int, Sequence[int]]
-
-
-@contextlib.contextmanager
-def cpu_single_thread(device: torch.device):
-    """Run the enclosed CPU tensor ops on one intra-op thread, restoring the previous count afterwards.
-
-    The rasteriser's ops are many and small (~10^4-10^5 elements): intra-op threads save little on them, and in
-    virtual machines where an idle vCPU wakes slowly every parallel region can stall for milliseconds. Measured
-    on the 2-core VM this project is developed on, the four views took 0.05-3.6 s with 2 threads (varying from
-    run to run) and a steady 0.07 s with 1. No effect on other devices or when one thread is already set.
-    """
-    n = torch.get_num_threads()
-    if torch.device(device).type != "cpu" or n == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
 
 
 def _parse_image_size(image_size: ImageSize) -> Tuple[int, int]:
@@ -219,8 +198,7 @@ def rasterize_fragments(vertices: torch.Tensor, faces: torch.Tensor, image_size:
     """
     _check_inputs(vertices, faces, None)
     h, w = _parse_image_size(image_size)
-    with cpu_single_thread(vertices.device):
-        p2f, bary, zbuf = _fragments(vertices, faces, h, w, int(max_pairs))
+    p2f, bary, zbuf = _fragments(vertices, faces, h, w, int(max_pairs))
     B = vertices.shape[0]
     zbuf = torch.where(p2f < 0, torch.full_like(zbuf, -1.0), zbuf)
     return p2f.view(B, h, w), bary.view(B, h, w, 3), zbuf.view(B, h, w)
@@ -249,17 +227,16 @@ def rasterize(vertices: torch.Tensor, faces: torch.Tensor, face_attributes: torc
     h, w = _parse_image_size(image_size)
     B, F = vertices.shape[0], faces.shape[0]
     D = face_attributes.shape[-1]
-    with cpu_single_thread(vertices.device):
-        p2f, bary, _ = _fragments(vertices, faces, h, w, int(max_pairs))
-        pix = torch.nonzero(p2f >= 0, as_tuple=True)[0]
-        face = p2f[pix]
-        if face_attributes.ndim == 4:
-            face = face + torch.div(pix, h * w, rounding_mode="floor") * F
-        attrs = face_attributes.reshape(-1, 3, D)[face]                    # [P, 3, D]
-        # Same expression as the official wrapper, (bary[..., None] * corner_values).sum(-2).
-        vals = (bary[pix][:, :, None] * attrs).sum(dim=1)
-        out = torch.zeros((B * h * w, D), dtype=vals.dtype, device=vertices.device)
-        out[pix] = vals
-        coverage = torch.zeros(B * h * w, dtype=torch.float32, device=vertices.device)
-        coverage[pix] = 1.0
+    p2f, bary, _ = _fragments(vertices, faces, h, w, int(max_pairs))
+    pix = torch.nonzero(p2f >= 0, as_tuple=True)[0]
+    face = p2f[pix]
+    if face_attributes.ndim == 4:
+        face = face + torch.div(pix, h * w, rounding_mode="floor") * F
+    attrs = face_attributes.reshape(-1, 3, D)[face]                    # [P, 3, D]
+    # Same expression as the official wrapper, (bary[..., None] * corner_values).sum(-2).
+    vals = (bary[pix][:, :, None] * attrs).sum(dim=1)
+    out = torch.zeros((B * h * w, D), dtype=vals.dtype, device=vertices.device)
+    out[pix] = vals
+    coverage = torch.zeros(B * h * w, dtype=torch.float32, device=vertices.device)
+    coverage[pix] = 1.0
     return (out.view(B, h, w, D).permute(0, 3, 1, 2).contiguous(), coverage.view(B, 1, h, w))

@@ -389,14 +389,3 @@ def test_reference_mouth_box(reference):
     box = mouth_box(front_landmarks_2d(v[:, 5023:]))
     assert box.dtype == torch.int64
     assert box.tolist() == case["mouth_box"].tolist() == [[82, 122, 108, 148]]
-
-
-def test_cpu_thread_count_is_restored():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        v, f, a = _tri(TRI)
-        rasterize(v, f, a, 16)
-        assert torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(before)

@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from ..checks import check_tensor
 from ..errors import InputError
 from ..rendering import orthographic
-from ..rendering.volume import NEXT3D_PLANE_AXES, RandomDraws, RenderingOptions, render_planes, sample_rays
+from ..rendering.volume import (NEXT3D_PLANE_AXES, RandomDraws, RenderingOptions, render_planes, sample_from_planes,
+                                sample_rays)
 from .stylegan2 import NOISE_MODES, FullyConnectedLayer, StyleGAN2Generator
 from .styleunet import StyleUNetGenerator
 from .superresolution import SuperresolutionHybrid8XDC
@@ -315,7 +316,6 @@ class Next3DGenerator(nn.Module):
 
     def decode_points(self, planes: torch.Tensor, points: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Features [B, M, 32] and raw density [B, M, 1] at world points [B, M, 3] (for mesh extraction)."""
-        from ..rendering.volume import sample_from_planes
         return self.decoder(sample_from_planes(self.plane_axes, planes, points, self.config.rendering.box_warp))
 
     def render_planes(self, planes: torch.Tensor, eg3d_ws: torch.Tensor, c: torch.Tensor,

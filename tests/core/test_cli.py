@@ -1,0 +1,193 @@
+"""The `next3d` command line on a tiny model file: sequence mode of `render` (real processes interrupted with
+SIGINT and SIGKILL, then resumed; a range split across two processes), `video`, `mesh`, argument errors, --help."""
+
+import importlib.util
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from core.cli import main as cli
+from core.default_model import SMALL_CONFIG, random_generator
+from core.geometry.ellipsoid_head import ellipsoid_head
+from core.io.generator_io import save_generator
+from core.networks.next3d import Next3DConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = Next3DConfig(channel_base=512, channel_max=16, texture_resolution=64, plane_resolution=64,
+                    neural_rendering_resolution=16, image_resolution=64, n_faces=SMALL_CONFIG.n_faces,
+                    n_uvcoords=SMALL_CONFIG.n_uvcoords)
+N_FRAMES = 16
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One thread, as the subprocesses get (--threads 1): frames are byte-identical only for equal thread counts."""
+    import torch
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A tiny model saved as a normal checkpoint (no test-only code path in the CLI) and a vertex sequence."""
+    root = tmp_path_factory.mktemp("cli")
+    head = ellipsoid_head()
+    save_generator(root / "tiny.safetensors", random_generator(TINY, seed=2, head=head))
+    v = head.mesh_input()[0].numpy()
+    np.save(root / "seq.npy", np.stack([v * (1 + 0.03 * math.sin(k / 2)) for k in range(N_FRAMES)]).astype(np.float32))
+    return root
+
+
+def sequence_args(files, out_dir, *extra):
+    return ["render", "--model", str(files / "tiny.safetensors"), "--sequence", str(files / "seq.npy"),
+            "--out-dir", str(out_dir), "--camera", "orbit", "--seed", "3", "--quiet", "--threads", "1", *extra]
+
+
+def frame_bytes(folder):
+    return {p.name: p.read_bytes() for p in sorted(Path(folder).glob("frame_*.png"))}
+
+
+def temp_files(folder):
+    return [p.name for p in Path(folder).iterdir() if p.name.startswith(".")]
+
+
+@pytest.fixture(scope="module")
+def reference(files):
+    """An uninterrupted render of the whole sequence, in-process."""
+    out = files / "reference"
+    result = CliRunner().invoke(cli, sequence_args(files, out))
+    assert result.exit_code == 0, result.output
+    assert len(frame_bytes(out)) == N_FRAMES and (out / "video.mp4").is_file()
+    return frame_bytes(out)
+
+
+def start_cli(args):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.Popen([sys.executable, "-m", "core.cli", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_frames(proc, folder, count, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if len(list(Path(folder).glob("frame_*.png"))) >= count:
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"the render ended before {count} frames appeared: {proc.communicate()}")
+        time.sleep(0.01)
+    proc.kill()
+    pytest.fail("no frames appeared in time")
+
+
+def test_ctrl_c_stops_cleanly_with_exit_130_and_the_resume_is_byte_identical(files, reference):
+    out = files / "sigint"
+    proc = start_cli(sequence_args(files, out, "--no-video"))
+    wait_for_frames(proc, out, 1)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "Run the same command again" in stderr and "to resume" in stderr
+    written = frame_bytes(out)
+    assert 1 <= len(written) < N_FRAMES, "the render should have stopped early"
+    assert temp_files(out) == [], "no partial or temporary file may be left"
+    assert all(reference[name] == data for name, data in written.items())
+    before = {p.name: p.stat().st_mtime_ns for p in out.glob("frame_*.png")}
+    result = CliRunner().invoke(cli, sequence_args(files, out, "--no-video"))
+    assert result.exit_code == 0, result.output
+    assert f"{len(before)} of frames 1-{N_FRAMES} were already there" in result.output
+    assert {name: (out / name).stat().st_mtime_ns for name in before} == before  # only missing frames written
+    assert frame_bytes(out) == reference
+
+
+def test_killed_render_resumes_in_a_new_process(files, reference):
+    out = files / "sigkill"
+    proc = start_cli(sequence_args(files, out))
+    wait_for_frames(proc, out, 2)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    done = len(frame_bytes(out))
+    assert done < N_FRAMES
+    proc = start_cli(sequence_args(files, out))
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    assert f"wrote {N_FRAMES - done} frames" in stdout
+    assert frame_bytes(out) == reference and (out / "video.mp4").is_file()
+
+
+def test_a_range_split_across_two_processes_equals_one_run(files, reference):
+    out = files / "split"
+    half = N_FRAMES // 2
+    procs = [start_cli(sequence_args(files, out, "--frames", f"1-{half}")),
+             start_cli(sequence_args(files, out, "--frames", f"{half + 1}-{N_FRAMES}"))]
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 0, stderr
+    assert frame_bytes(out) == reference
+    assert (out / "video.mp4").is_file()  # written by whichever process completed the sequence
+    assert not [n for n in temp_files(out) if n.endswith(".png")]
+
+
+def test_sequence_errors_name_the_argument_and_the_fix(files, tmp_path):
+    runner = CliRunner()
+    for bad, message in (("9-3", "--frames expects A-B with A <= B, got '9-3'"),
+                         ("x", "--frames expects A-B with A <= B"),
+                         (f"20-{N_FRAMES + 5}", f"outside the sequence, whose frames are numbered 1-{N_FRAMES}")):
+        result = runner.invoke(cli, sequence_args(files, tmp_path / "o", "--frames", bad))
+        assert result.exit_code == 2 and message in result.output and "--frames" in result.output, result.output
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    start = time.perf_counter()
+    result = runner.invoke(cli, sequence_args(files, blocker / "frames"))
+    assert result.exit_code == 2 and "Cannot write to the output folder" in result.output
+    assert time.perf_counter() - start < 5  # before loading the model
+    result = runner.invoke(cli, ["render", "--out", str(tmp_path / "f.png"), "--frames", "1-2"])
+    assert result.exit_code == 2 and "--frames applies to sequences only" in result.output
+    result = runner.invoke(cli, sequence_args(files, tmp_path / "o", "--camera", str(tmp_path / "none.npy")))
+    assert result.exit_code == 2 and "--camera" in result.output and "does not exist" in result.output
+    result = runner.invoke(cli, ["render", "--sequence", str(tmp_path / "nothing"), "--out-dir", str(tmp_path)])
+    assert result.exit_code == 2 and "--sequence" in result.output and "does not exist" in result.output
+    result = runner.invoke(cli, ["video", "--seeds", "3-1", "--out", str(tmp_path / "v.mp4")])
+    assert result.exit_code == 2 and "--seeds expects" in result.output
+
+
+def _video_frames(path):
+    import imageio_ffmpeg
+    reader = imageio_ffmpeg.read_frames(str(path))
+    meta = next(reader)
+    return sum(1 for _ in reader), tuple(meta["size"])
+
+
+@pytest.mark.parametrize("seeds,frames,total", [("0", 3, 3), ("0-1", 1, 2)])
+def test_video_command_writes_an_orbit_video(files, tmp_path, seeds, frames, total):
+    out = tmp_path / "orbit.mp4"
+    result = CliRunner().invoke(cli, ["video", "--model", str(files / "tiny.safetensors"), "--seeds", seeds,
+                                      "--frames", str(frames), "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert _video_frames(out) == (total, (64, 64))
+    assert not (tmp_path / "orbit_frames").exists()  # frames removed once the video is written
+
+
+def test_mesh_command(files, tmp_path):
+    out = tmp_path / "head.ply"
+    result = CliRunner().invoke(cli, ["mesh", "--model", str(files / "tiny.safetensors"), "--resolution", "32", "--level", "0.5",
+                                      "--out", str(out)])
+    if importlib.util.find_spec("core.mesh") is None:
+        assert result.exit_code == 2 and "Mesh extraction is not available" in result.output
+    else:
+        assert result.exit_code == 0, result.output
+        assert out.is_file() and out.stat().st_size > 0 and "vertices" in result.output
+
+
+@pytest.mark.parametrize("command", [None, "info", "convert", "render", "video", "mesh", "demo"])
+def test_every_command_has_help_with_an_example(command):
+    result = CliRunner().invoke(cli, ([command] if command else []) + ["--help"])
+    assert result.exit_code == 0
+    assert "Example: next3d " in result.output

@@ -1,0 +1,33 @@
+"""Next3D Avatars: a Blender extension over the Next3D engine (core/, vendored into the built extension).
+
+This module imports no bpy at import time: the worker process (worker.py) imports the package outside Blender to
+reach the engine. Blender calls `register` / `unregister`, which collect the classes of the bpy modules
+(PropertyGroups first) and attach or detach the pointer properties symmetrically.
+"""
+
+
+def _classes() -> tuple:
+    from . import operators, panels, preferences, properties
+
+    return (*properties.CLASSES, *preferences.CLASSES, *operators.CLASSES, *panels.CLASSES)
+
+
+def register() -> None:
+    import bpy
+
+    from . import properties
+
+    register_classes, _ = bpy.utils.register_classes_factory(_classes())
+    register_classes()
+    properties.attach()
+
+
+def unregister() -> None:
+    import bpy
+
+    from . import properties, runner
+
+    runner.shutdown()
+    properties.detach()
+    _, unregister_classes = bpy.utils.register_classes_factory(_classes())
+    unregister_classes()

@@ -1,0 +1,475 @@
+"""The engine side of the add-on: jobs described by plain data, run by `run_job` in the worker process (worker.py)
+or, in background mode, in Blender's own process. No bpy here; torch and core are imported inside the functions.
+
+A job is a JSON-able dict plus named numpy arrays (the per-frame rig state), so it crosses a process boundary
+unchanged (worker.py's wire format). Job kinds:
+
+  "render"   frames -> PNGs in out_dir (core.sequence.render_sequence: atomic, resumable, settings-checked), then
+             a video of them. Emits "begin", one "frame" per written frame, then "done" (or "cancelled").
+  "preview"  one frame -> emits "image" with the pixels (no file).
+  "mesh"     one mesh per frame (core.mesh.extract_mesh, FLAME units) -> emits "mesh" per frame with vertices,
+             faces and colours.
+  "ping"     emits "pong" (worker start-up check).
+
+Common job fields: model {source: default|official|project, path, device}, head (heads.HeadSpec dict), seed,
+truncation_psi, truncation_cutoff, sample_seed, cache_dir. Per-frame arrays, N frames: numbers [N] (Blender frame
+numbers), shape [N, S], expression [N, E], jaw [N, 3], eyes [N, 6], cam2world [N, 4, 4] (OpenCV camera in the head's
+FLAME space, see convert.py) and intrinsics [N, 3, 3] (normalized by the square side, see convert.square_framing).
+Framing fields: width, height, side, x0, y0 (the scene's render as the centre crop of a square).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .core.errors import InputError, Next3DError
+from .heads import HeadSpec, head_arrays
+
+Emit = Callable[[str, dict, Optional[Dict[str, np.ndarray]]], None]
+StopFn = Callable[[], bool]
+
+FRAME_ARRAYS = ("numbers", "shape", "expression", "jaw", "eyes", "cam2world", "intrinsics")
+# How far a camera may stray from the training cameras before we warn (ratios to the training values).
+RADIUS_RANGE = (0.6, 1.6)
+FOCAL_RANGE = (0.5, 2.0)
+MAX_OFF_AXIS_DEG = 25.0
+TRAINING_FOCAL = 4.2647
+
+
+# ------------------------------------------------------------------------------------------------ model cache
+
+_CACHE: dict = {}
+
+
+def _cache_get(key, build):
+    if key not in _CACHE:
+        _CACHE[key] = build()
+    return _CACHE[key]
+
+
+def clear_cache() -> None:
+    _CACHE.clear()
+
+
+def _device(requested: str, warnings: List[str]) -> str:
+    import torch
+
+    requested = (requested or "cpu").lower()
+    if requested == "cuda" and not torch.cuda.is_available():
+        warnings.append("CUDA was chosen but is not available to this Python's torch; rendering on the CPU.")
+        return "cpu"
+    return "cuda" if requested == "cuda" else "cpu"
+
+
+def load_model(model: dict, warnings: List[str]):
+    """(generator, description) for a model spec; cached per (source, path, device)."""
+    source = model.get("source", "default")
+    path = model.get("path", "") or ""
+    device = _device(model.get("device", "cpu"), warnings)
+
+    def build():
+        if source == "default":
+            from .core.default_model import default_model
+
+            dm = default_model()
+            return dm.generator.to(device), dm.description
+        if source in ("official", "project"):
+            from .core.io.generator_io import load_generator
+
+            if not path:
+                what = "next3d_ffhq_512.pkl" if source == "official" else "a .safetensors model"
+                raise InputError(f"No model file is set. Choose {what} in Next3D > Model (add-on preferences).")
+            return load_generator(path, device), Path(path).name
+        raise InputError(f"Unknown model source {source!r}; use default, official or project.")
+
+    return _cache_get(("model", source, path, device), build)
+
+
+def load_head_model(spec: dict, cache_dir: Optional[str]):
+    """core.flame.FlameModel for a head spec (cached)."""
+    head = HeadSpec.from_dict(spec or {})
+
+    def build():
+        from .core.flame import FlameModel, FlameModelData
+
+        arrays = head_arrays(head, cache_dir=cache_dir)
+        return FlameModel(FlameModelData(**arrays, name=head.kind, source=head.model_path or "the default head"))
+
+    return _cache_get(("head", head.kind, head.model_path, head.landmark_path), build)
+
+
+def avatar_identity(generator, model_key: tuple, seed: int, psi: float, cutoff: int):
+    import torch
+
+    from .core.rendering.camera import ffhq_camera
+    from .core.sampling import latent_from_seed
+
+    def build():
+        device = next(generator.parameters()).device
+        with torch.no_grad():
+            z = latent_from_seed(int(seed), generator.config.z_dim).to(device)
+            ws = generator.mapping(z, ffhq_camera()[None].to(device), truncation_psi=float(psi),
+                                   truncation_cutoff=int(cutoff) if cutoff else None)
+            return generator.make_identity(ws)
+
+    return _cache_get(("identity", model_key, int(seed), float(psi), int(cutoff or 0)), build)
+
+
+# ------------------------------------------------------------------------------------------------ per frame
+
+def check_frame_arrays(arrays: Dict[str, np.ndarray]) -> int:
+    missing = [k for k in FRAME_ARRAYS if k not in arrays]
+    if missing:
+        raise InputError(f"The job lacks the per-frame arrays {missing}.")
+    n = len(arrays["numbers"])
+    for k in FRAME_ARRAYS:
+        if len(arrays[k]) != n:
+            raise InputError(f"The job's array {k!r} has {len(arrays[k])} rows for {n} frames.")
+        if arrays[k].dtype.kind == "f" and not np.isfinite(arrays[k]).all():
+            raise InputError(f"The rig gives non-finite values ({k}) at some frame; check its keyframes.")
+    if n == 0:
+        raise InputError("There are no frames to render.")
+    return n
+
+
+def camera_to_world(cam2world_flame: np.ndarray, config) -> np.ndarray:
+    """OpenCV cam2world in FLAME space [N, 4, 4] -> EG3D world: same rotation, position placed like the mesh
+    (world = 0.5 * box_warp * orth_scale * (x + shift_x, y - shift_y, z), i.e. 2.5 (x, y + 0.01, z))."""
+    k = 0.5 * float(config.rendering.box_warp) * float(config.orth_scale)
+    shift = np.array([float(config.orth_shift[0]), -float(config.orth_shift[1]), 0.0])
+    out = np.array(cam2world_flame, dtype=np.float64).copy()
+    out[..., :3, 3] = (out[..., :3, 3] + shift) * k
+    return out
+
+
+def camera_labels(arrays: Dict[str, np.ndarray], config) -> np.ndarray:
+    """[N, 25] generator labels for the job's frames."""
+    c2w = camera_to_world(arrays["cam2world"], config)
+    k = np.asarray(arrays["intrinsics"], dtype=np.float64)
+    return np.concatenate([c2w.reshape(len(c2w), 16), k.reshape(len(k), 9)], axis=1).astype(np.float32)
+
+
+def camera_warnings(labels: np.ndarray, numbers: Sequence[int], config) -> List[str]:
+    """Warnings (not errors) for cameras far from the training distribution: distance to the head, field of view,
+    and how far off the head the camera points."""
+    pivot = np.asarray(config.avg_camera_pivot, dtype=np.float64)
+    radius = float(config.avg_camera_radius)
+    far, fov, aim = [], [], []
+    for number, label in zip(numbers, labels):
+        c2w = label[:16].reshape(4, 4).astype(np.float64)
+        k = label[16:].reshape(3, 3)
+        origin, forward = c2w[:3, 3], c2w[:3, 2]
+        ratio = np.linalg.norm(origin - pivot) / radius
+        if not RADIUS_RANGE[0] <= ratio <= RADIUS_RANGE[1]:
+            far.append((number, ratio))
+        focal = float(k[0, 0])
+        if not FOCAL_RANGE[0] <= focal / TRAINING_FOCAL <= FOCAL_RANGE[1]:
+            fov.append((number, focal))
+        to_head = pivot - origin
+        cos = float(forward @ to_head / max(np.linalg.norm(to_head), 1e-9))
+        if math.degrees(math.acos(max(-1.0, min(1.0, cos)))) > MAX_OFF_AXIS_DEG:
+            aim.append(number)
+    out = []
+
+    def frames(items):
+        shown = ", ".join(str(i[0] if isinstance(i, tuple) else i) for i in items[:5])
+        return shown + (f" and {len(items) - 5} more" if len(items) > 5 else "")
+
+    if far:
+        out.append(f"The camera is {far[0][1]:.2f}x the training distance from the head at frame(s) {frames(far)}; "
+                   "the generator was trained with cameras about 1.08 m (FLAME units) from the head, so expect "
+                   "artefacts.")
+    if fov:
+        fov_deg = math.degrees(2 * math.atan(0.5 / max(fov[0][1], 1e-9)))
+        out.append(f"The camera's field of view ({fov_deg:.1f} degrees) at frame(s) {frames(fov)} is far from the "
+                   "training cameras' 13.4 degrees (normalized focal 4.26); expect artefacts.")
+    if aim:
+        out.append(f"The camera does not point at the head at frame(s) {frames(aim)}; the generator only models "
+                   "the head.")
+    return out
+
+
+class FrameInputs:
+    """The generator inputs of the job's frames, evaluated lazily from the job arrays by Blender frame number."""
+
+    def __init__(self, arrays: Dict[str, np.ndarray], labels: np.ndarray, flame):
+        self.arrays, self.labels, self.flame = arrays, labels, flame
+        self.row = {int(n): i for i, n in enumerate(arrays["numbers"])}
+
+    def _row(self, number: int) -> int:
+        try:
+            return self.row[int(number)]
+        except KeyError:
+            raise InputError(f"Frame {number} is not part of this job.") from None
+
+    def mesh_input(self, number: int):
+        """[V + 68, 3] float32 tensor: vertices then landmarks of frame `number` (zero global pose and neck)."""
+        import torch
+
+        from .core.flame import FlameParams
+
+        i = self._row(number)
+        a = self.arrays
+        params = FlameParams(shape=a["shape"][i], expression=a["expression"][i], jaw=a["jaw"][i], eyes=a["eyes"][i])
+        with torch.no_grad():
+            return self.flame.mesh_input(params, include_neck=False)[0]
+
+    def label(self, number: int):
+        import torch
+
+        return torch.from_numpy(self.labels[self._row(number)])
+
+
+def frame_source(inputs: FrameInputs, first: int, last: int):
+    """A core.sequence FrameSource over Blender frame numbers first..last (only the job's frames are evaluated;
+    render_sequence asks only for the frames it renders)."""
+    from .core.sequence.render import FrameSource
+
+    class RigFrameSource(FrameSource):
+        description = "Blender animation"
+
+        def __init__(self):
+            self.first_number = int(first)
+            self._n = int(last) - int(first) + 1
+
+        def __len__(self) -> int:
+            return self._n
+
+        def mesh(self, i: int):
+            return inputs.mesh_input(self.index_to_number(i))
+
+        def camera(self, i: int):
+            return inputs.label(self.index_to_number(i))
+
+    return RigFrameSource()
+
+
+# ------------------------------------------------------------------------------------------------ framing
+
+class FramedGenerator:
+    """The generator with its square output resized to the render's square side and centre-cropped to W x H
+    (core.sequence.render_sequence writes what `render_frame` returns)."""
+
+    def __init__(self, generator, side: int, x0: int, y0: int, width: int, height: int):
+        self.generator = generator
+        self.config = generator.config
+        self.side, self.x0, self.y0, self.width, self.height = int(side), int(x0), int(y0), int(width), int(height)
+
+    def parameters(self):
+        return self.generator.parameters()
+
+    def make_identity(self, *args, **kwargs):
+        return self.generator.make_identity(*args, **kwargs)
+
+    def frame(self, image):
+        import torch.nn.functional as F
+
+        res = image.shape[-1]
+        if res != self.side:
+            image = F.interpolate(image.float(), size=(self.side, self.side), mode="bilinear", align_corners=False,
+                                  antialias=self.side < res)
+        return image[..., self.y0:self.y0 + self.height, self.x0:self.x0 + self.width]
+
+    def render_frame(self, *args, **kwargs):
+        from dataclasses import replace
+
+        out = self.generator.render_frame(*args, **kwargs)
+        return replace(out, image=self.frame(out.image))
+
+
+def _framing(job: dict) -> Tuple[int, int, int, int, int]:
+    try:
+        w, h = int(job["width"]), int(job["height"])
+        side, x0, y0 = int(job.get("side", max(w, h))), int(job.get("x0", 0)), int(job.get("y0", 0))
+    except (KeyError, TypeError, ValueError):
+        raise InputError("The job lacks the render size (width, height).") from None
+    if w < 1 or h < 1 or w > 16384 or h > 16384:
+        raise InputError(f"The render size {w} x {h} is not usable; set the scene's resolution (Output properties).")
+    return side, x0, y0, w, h
+
+
+# ------------------------------------------------------------------------------------------------ jobs
+
+def _prepare(job: dict, arrays: Dict[str, np.ndarray], emit: Emit):
+    warnings: List[str] = []
+    n = check_frame_arrays(arrays)
+    generator, description = load_model(job.get("model") or {}, warnings)
+    cfg = generator.config
+    flame = load_head_model(job.get("head") or {}, job.get("cache_dir"))
+    if flame.n_vertices != cfg.n_vertices:
+        raise InputError(f"The head model has {flame.n_vertices} vertices but the generator ({description}) expects "
+                         f"{cfg.n_vertices}; choose the FLAME model that goes with this generator.")
+    gen_faces = generator.faces[0].cpu().numpy()
+    if gen_faces.shape != tuple(flame.faces.shape) or not np.array_equal(gen_faces, flame.faces.cpu().numpy()):
+        warnings.append(f"The head model's triangles differ from those the generator ({description}) was built "
+                        "on; the rendering will not match the rig. Use the head that goes with the model.")
+    labels = camera_labels(arrays, cfg)
+    warnings += camera_warnings(labels, [int(x) for x in arrays["numbers"]], cfg)
+    model_key = ("model", (job.get("model") or {}).get("source", "default"), (job.get("model") or {}).get("path", ""),
+                 str(next(generator.parameters()).device))
+    identity = avatar_identity(generator, model_key, job.get("seed", 0), job.get("truncation_psi", 0.7),
+                               job.get("truncation_cutoff", 14))
+    for w in warnings:
+        emit("warning", {"message": w}, None)
+    return n, generator, description, flame, labels, identity
+
+
+def _runs(numbers: Sequence[int]) -> List[Tuple[int, int]]:
+    """Consecutive runs of sorted frame numbers: [1, 2, 3, 10, 20, 21] -> [(1, 3), (10, 10), (20, 21)]."""
+    runs: List[Tuple[int, int]] = []
+    for n in sorted(set(int(x) for x in numbers)):
+        if runs and n == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], n)
+        else:
+            runs.append((n, n))
+    return runs
+
+
+def render_job(job: dict, arrays: Dict[str, np.ndarray], emit: Emit, should_stop: StopFn) -> dict:
+    from .core.sequence.render import SequenceInterrupted, frame_name, render_sequence
+    from .core.sequence.video import write_video
+
+    n, generator, description, flame, labels, identity = _prepare(job, arrays, emit)
+    side, x0, y0, w, h = _framing(job)
+    out_dir = Path(job.get("out_dir") or "")
+    if not job.get("out_dir"):
+        raise InputError("No output folder is set; set the scene's output path (Output properties > Output).")
+    numbers = sorted(int(x) for x in arrays["numbers"])
+    first_all = int(job.get("sequence_first", numbers[0]))
+    last_all = int(job.get("sequence_last", numbers[-1]))
+    framed = FramedGenerator(generator, side, x0, y0, w, h)
+    source = frame_source(FrameInputs(arrays, labels, flame), min(first_all, numbers[0]), max(last_all, numbers[-1]))
+    settings = {"model": description, "seed": int(job.get("seed", 0)),
+                "truncation_psi": round(float(job.get("truncation_psi", 0.7)), 6),
+                "sample_seed": int(job.get("sample_seed", 0)), "width": w, "height": h,
+                "head": (job.get("head") or {}).get("kind", "default")}
+    on_disk = [k for k in numbers if (out_dir / frame_name(k)).is_file()] if not job.get("overwrite") else []
+    emit("begin", {"total": len(numbers), "skipped": len(on_disk), "out_dir": str(out_dir),
+                   "description": description}, None)
+    done = {"count": len(on_disk)}
+    written: List[int] = []
+
+    def on_frame(number: int, path: Path) -> None:
+        done["count"] += 1
+        written.append(number)
+        emit("frame", {"number": number, "path": str(path), "done": done["count"], "total": len(numbers)}, None)
+
+    start = time.perf_counter()
+    interrupted = False
+    for first, last in _runs(numbers):
+        try:
+            result = render_sequence(framed, identity, source, out_dir, frame_range=(first, last),
+                                     overwrite=bool(job.get("overwrite")), seed=int(job.get("sample_seed", 0)),
+                                     progress=False, write_video=False, settings=settings,
+                                     should_stop=should_stop, on_frame=on_frame)
+        except SequenceInterrupted:
+            interrupted = True
+            break
+        if result.interrupted:
+            interrupted = True
+            break
+    paths = [out_dir / frame_name(k) for k in numbers]
+    summary = {"written": written, "out_dir": str(out_dir), "seconds": time.perf_counter() - start,
+               "missing": [k for k, p in zip(numbers, paths) if not p.is_file()], "video": None,
+               "description": description}
+    if interrupted:
+        emit("cancelled", summary, None)
+        return summary
+    if job.get("write_video", True) and not summary["missing"]:
+        seq = [out_dir / frame_name(k) for k in range(first_all, last_all + 1)]
+        whole = job.get("keyframes_only") or all(p.is_file() for p in seq)
+        if whole:
+            video_frames, target = (paths if job.get("keyframes_only") else seq), out_dir / "video.mp4"
+        else:
+            video_frames, target = paths, out_dir / f"video_{numbers[0]:05d}-{numbers[-1]:05d}.mp4"
+        summary["video"] = str(write_video(video_frames, target, fps=float(job.get("fps", 24.0))))
+    emit("done", summary, None)
+    return summary
+
+
+def preview_job(job: dict, arrays: Dict[str, np.ndarray], emit: Emit, should_stop: StopFn) -> dict:
+    import torch
+
+    from .core.io.images import to_uint8
+    from .core.sequence.render import frame_seed
+
+    n, generator, description, flame, labels, identity = _prepare(job, arrays, emit)
+    side, x0, y0, w, h = _framing(job)
+    framed = FramedGenerator(generator, side, x0, y0, w, h)
+    number = int(arrays["numbers"][0])
+    src = FrameInputs(arrays, labels, flame)
+    device = next(generator.parameters()).device
+    with torch.no_grad():
+        v = src.mesh_input(number)[None].to(device)
+        c = src.label(number)[None].to(device)
+        rng = torch.Generator(device=device).manual_seed(frame_seed(int(job.get("sample_seed", 0)), number))
+        out = framed.render_frame(identity, v, c, generator=rng)
+    pixels = to_uint8(out.image[0])
+    emit("image", {"number": number, "width": w, "height": h, "description": description}, {"pixels": pixels})
+    return {"number": number}
+
+
+def mesh_job(job: dict, arrays: Dict[str, np.ndarray], emit: Emit, should_stop: StopFn) -> dict:
+    import torch
+
+    from .core.mesh import OFFICIAL_LEVEL, extract_mesh, sigma_quantile
+
+    n, generator, description, flame, labels, identity = _prepare(job, arrays, emit)
+    numbers = [int(x) for x in arrays["numbers"]]
+    src = FrameInputs(arrays, labels, flame)
+    resolution = int(job.get("resolution", 128))
+    level = job.get("level")
+    emit("begin", {"total": len(numbers), "skipped": 0, "description": description}, None)
+    for k, number in enumerate(numbers):
+        if should_stop():
+            emit("cancelled", {"done": k}, None)
+            return {"done": k}
+        device = next(generator.parameters()).device
+        with torch.no_grad():
+            planes = generator.build_planes(identity, src.mesh_input(number)[None].to(device))
+        used_level = float(level) if level is not None else OFFICIAL_LEVEL
+        try:
+            mesh = extract_mesh(generator, planes, resolution=resolution, level=used_level, units="flame")
+        except InputError:
+            if level is not None:
+                raise
+            # Untrained (random) weights do not put the density on the trained scale: use a quantile instead.
+            used_level = sigma_quantile(generator, planes, 0.9, resolution=min(64, resolution))
+            mesh = extract_mesh(generator, planes, resolution=resolution, level=used_level, units="flame")
+        colors = mesh.colors if mesh.colors is not None else np.full((mesh.n_vertices, 3), 200, np.uint8)
+        emit("mesh", {"number": number, "done": k + 1, "total": len(numbers), "level": used_level},
+             {"vertices": mesh.vertices.astype(np.float32), "faces": mesh.faces.astype(np.int64),
+              "colors": colors.astype(np.uint8)})
+    emit("done", {"count": len(numbers)}, None)
+    return {"count": len(numbers)}
+
+
+JOBS = {"render": render_job, "preview": preview_job, "mesh": mesh_job}
+
+
+def run_job(job: dict, arrays: Dict[str, np.ndarray], emit: Emit, should_stop: Optional[StopFn] = None) -> dict:
+    """Run one job; user errors raise Next3DError (the caller reports them), everything else propagates."""
+    kind = job.get("kind")
+    if kind == "ping":
+        import torch
+
+        emit("pong", {"torch": torch.__version__, "cuda": bool(torch.cuda.is_available())}, None)
+        return {}
+    if kind not in JOBS:
+        raise InputError(f"Unknown job kind {kind!r}.")
+    threads = int(job.get("threads") or 0)
+    if threads > 0:
+        import torch
+
+        torch.set_num_threads(threads)
+    return JOBS[kind](job, arrays, emit, should_stop or (lambda: False))
+
+
+__all__ = ["run_job", "render_job", "preview_job", "mesh_job", "camera_labels", "camera_warnings",
+           "camera_to_world", "FramedGenerator", "FrameInputs", "frame_source",
+           "Next3DError", "clear_cache"]

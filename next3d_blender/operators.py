@@ -1,0 +1,534 @@
+"""Operators: thin glue. Each reads Blender data into arrays (rig.py, convert.py), hands a job to runner.py (engine
+in jobs.py), and writes the results back. They catch only Next3DError (report ERROR, return CANCELLED); a job's
+warnings are reported as WARNING. torch and the engine are never imported here.
+
+Execution: in background mode (`blender -b`, or bpy as a module) render and mesh operators run synchronously and
+print progress; with a UI they start the job in the worker process and return at once (Esc or Cancel stops it).
+The hidden `mode` property forces one or the other (tests drive the worker path with mode='ASYNC' and call
+runner.drain() themselves, since timers never fire in module mode).
+"""
+
+import os
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import bpy
+import numpy as np
+from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty
+from bpy.types import Operator
+
+from . import convert, rig, runner
+from .core.errors import InputError, Next3DError
+from .heads import HeadSpec, default_head_name, head_arrays, head_info
+from .preferences import get_preferences
+
+RENDER_IMAGE = "Next3D Render"
+MESH_COLLECTION = "Next3D Meshes"
+MODES = (("AUTO", "Auto", "Synchronous in background mode, in the worker with a UI"),
+         ("SYNC", "Synchronous", "Block until done"),
+         ("ASYNC", "Worker", "Run in the worker process and return at once"))
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+def head_spec(prefs) -> HeadSpec:
+    """The official model (and a project model given a FLAME file) is driven by the user's FLAME model; the
+    bundled default by the default head."""
+    if prefs.model_source == "OFFICIAL" or (prefs.model_source == "PROJECT" and prefs.flame_model_path):
+        return HeadSpec("flame", bpy.path.abspath(prefs.flame_model_path),
+                        bpy.path.abspath(prefs.flame_landmark_path))
+    return HeadSpec("default")
+
+
+def model_spec(prefs) -> dict:
+    source = prefs.model_source.lower()
+    path = {"official": prefs.official_path, "project": prefs.project_path}.get(source, "")
+    path = bpy.path.abspath(path) if path else ""
+    if source != "default" and (not path or not os.path.isfile(path)):
+        what = "next3d_ffhq_512.pkl" if source == "official" else "the .safetensors model"
+        raise InputError(f"The model file {path or '(none)'!r} does not exist. Choose {what} in Next3D > Model "
+                         "(add-on preferences), or switch the model to Bundled Default.")
+    return {"source": source, "path": path, "device": prefs.device.lower()}
+
+
+def cache_dir() -> str:
+    try:
+        return bpy.utils.extension_path_user(__package__, path="cache", create=True)
+    except (ValueError, RuntimeError, TypeError):
+        # Not installed as an extension (development checkout): the engine's default cache folder.
+        return ""
+
+
+def output_dir(scene) -> Path:
+    """The scene's output folder (Output properties > Output path), relative paths resolved against the .blend."""
+    raw = scene.render.filepath or "//"
+    path = bpy.path.abspath(raw)
+    if not path:
+        raise InputError("The scene's output path is empty; set Output properties > Output.")
+    return Path(path)
+
+
+def check_writable(folder: Path) -> None:
+    """Fail early, without creating anything, when the output folder cannot be written."""
+    probe = folder
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise InputError(f"Cannot write to the output folder {str(folder)!r} ({str(probe)!r} is not writable). "
+                         "Set a folder you can write to in Output properties > Output.")
+
+
+def scene_camera(scene):
+    cam = scene.camera
+    if cam is None:
+        raise InputError("The scene has no camera. Add one (Add > Camera) and make it the scene camera, or let "
+                         "'Add FLAME Head' add one framed on the head.")
+    return cam
+
+
+def collect_frames(context, the_rig: rig.Rig, numbers: List[int], n_shape: int, n_expr: int
+                   ) -> Tuple[Dict[str, np.ndarray], Dict[int, np.ndarray], dict]:
+    """Per-frame job arrays (jobs.py) for `numbers`, the head's world matrix per frame, and the framing; the scene's
+    current frame is restored afterwards."""
+    scene = context.scene
+    original = (scene.frame_current, scene.frame_subframe)
+    rows = {k: [] for k in ("shape", "expression", "jaw", "eyes", "cam2world", "intrinsics")}
+    heads: Dict[int, np.ndarray] = {}
+    framing = None
+    try:
+        for number in numbers:
+            scene.frame_set(int(number))
+            depsgraph = context.evaluated_depsgraph_get()
+            state = rig.read_frame(the_rig, n_shape, n_expr, depsgraph)
+            cam = scene_camera(scene)
+            params = convert.camera_params(cam, scene)
+            frame_framing = convert.square_framing(convert.intrinsics_pixels(params), params.width, params.height)
+            framing = framing or frame_framing
+            cam_world = convert.matrix_to_numpy(cam.evaluated_get(depsgraph).matrix_world)
+            c2w = convert.camera_in_head_space(convert.opencv_cam2world(cam_world), state.head_to_world)
+            rows["shape"].append(state.shape)
+            rows["expression"].append(state.expression)
+            rows["jaw"].append(state.jaw)
+            rows["eyes"].append(state.eyes)
+            rows["cam2world"].append(c2w)
+            rows["intrinsics"].append(frame_framing.intrinsics)
+            heads[int(number)] = state.head_to_world
+    finally:
+        scene.frame_set(original[0], subframe=original[1])
+    arrays = {k: np.asarray(v, dtype=np.float32) for k, v in rows.items()}
+    arrays["numbers"] = np.asarray(numbers, dtype=np.int64)
+    frame = {"width": framing.width, "height": framing.height, "side": framing.side, "x0": framing.x0,
+             "y0": framing.y0}
+    return arrays, heads, frame
+
+
+def prepare(context, numbers: Optional[List[int]] = None):
+    """Everything a job needs from the scene: (rig, base job, arrays, head matrices, rig warnings)."""
+    prefs = get_preferences(context)
+    spec = head_spec(prefs)
+    model = model_spec(prefs)
+    the_rig = rig.find_rig(context.active_object)
+    n_vertices, n_shape, n_expr = head_info(spec)
+    warnings = rig.check_rig(the_rig, n_vertices, n_shape, n_expr)
+    scene_camera(context.scene)
+    numbers = numbers if numbers is not None else [context.scene.frame_current]
+    arrays, heads, framing = collect_frames(context, the_rig, numbers, n_shape, n_expr)
+    s = context.scene.next3d
+    job = dict(framing, model=model, head=spec.to_dict(), cache_dir=cache_dir(), seed=int(s.seed),
+               truncation_psi=float(s.truncation_psi), truncation_cutoff=14, sample_seed=int(s.sample_seed),
+               threads=int(prefs.threads))
+    return the_rig, job, arrays, heads, warnings, prefs
+
+
+def synchronous(mode: str) -> bool:
+    return mode == "SYNC" or (mode == "AUTO" and bpy.app.background)
+
+
+def show_image(image) -> None:
+    """Show the image in every open Image Editor."""
+    wm = bpy.context.window_manager
+    for window in getattr(wm, "windows", []):
+        for area in window.screen.areas:
+            if area.type == "IMAGE_EDITOR":
+                area.spaces.active.image = image
+                area.tag_redraw()
+
+
+def report_task(op: Operator, task: runner.Task, extra_warnings: List[str]) -> None:
+    for w in extra_warnings + task.warnings:
+        op.report({"WARNING"}, w)
+
+
+# ------------------------------------------------------------------------------------------------ rig
+
+class NEXT3D_OT_add_head(Operator):
+    """Add a FLAME head: a mesh with shape keys (shape, expression, pose correctives) on an armature with the bones
+    root, neck, jaw, left_eye and right_eye, at the 3D cursor"""
+
+    bl_idname = "next3d.add_head"
+    bl_label = "Add FLAME Head"
+    bl_options = {"REGISTER", "UNDO"}
+
+    add_camera: BoolProperty(name="Add Camera", description="Add a camera framed like the training data and make "
+                             "it the scene camera, when the scene has none", default=True)
+
+    @classmethod
+    def poll(cls, context):
+        if context.mode != "OBJECT":
+            cls.poll_message_set("Switch to Object Mode to add a head")
+            return False
+        return True
+
+    def execute(self, context):
+        try:
+            spec = head_spec(get_preferences(context))
+            arrays = head_arrays(spec, cache_dir=cache_dir() or None)
+            name = default_head_name() if spec.kind == "default" else Path(spec.model_path).stem
+            rig.build_rig(context, arrays, name, add_camera=self.add_camera and context.scene.camera is None)
+        except Next3DError as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        self.report({"INFO"}, f"Added a FLAME head ({name})")
+        return {"FINISHED"}
+
+
+def _rig_or_report(op: Operator, context) -> Optional[rig.Rig]:
+    try:
+        return rig.find_rig(context.active_object)
+    except Next3DError as exc:
+        op.report({"ERROR"}, str(exc))
+        return None
+
+
+def _autokey_frame(context) -> Optional[int]:
+    return context.scene.frame_current if context.scene.tool_settings.use_keyframe_insert_auto else None
+
+
+class NEXT3D_OT_reset_expression(Operator):
+    """Set every expression key (Exp*) to 0 and the jaw and eyes to rest"""
+
+    bl_idname = "next3d.reset_expression"
+    bl_label = "Reset Expression"
+    bl_options = {"REGISTER", "UNDO"}
+
+    def execute(self, context):
+        the_rig = _rig_or_report(self, context)
+        if the_rig is None:
+            return {"CANCELLED"}
+        frame = _autokey_frame(context)
+        rig.set_key_values(the_rig.mesh, rig.EXPR_PREFIX, None, frame)
+        if the_rig.armature is not None:
+            rig.reset_bones(the_rig.armature, ("jaw", "left_eye", "right_eye"), frame)
+        return {"FINISHED"}
+
+
+class NEXT3D_OT_reset_shape(Operator):
+    """Set every identity key (Shape*) to 0: the average head"""
+
+    bl_idname = "next3d.reset_shape"
+    bl_label = "Reset Shape"
+    bl_options = {"REGISTER", "UNDO"}
+
+    def execute(self, context):
+        the_rig = _rig_or_report(self, context)
+        if the_rig is None:
+            return {"CANCELLED"}
+        rig.set_key_values(the_rig.mesh, rig.SHAPE_PREFIX, None, _autokey_frame(context))
+        return {"FINISHED"}
+
+
+class NEXT3D_OT_random_shape(Operator):
+    """Draw a random identity: every Shape* key from a normal distribution"""
+
+    bl_idname = "next3d.random_shape"
+    bl_label = "Random Shape"
+    bl_options = {"REGISTER", "UNDO"}
+
+    seed: IntProperty(name="Seed", default=0, min=0)
+    scale: FloatProperty(name="Spread", description="Standard deviation of the coefficients", default=1.0, min=0.0,
+                         max=3.0)
+
+    def execute(self, context):
+        the_rig = _rig_or_report(self, context)
+        if the_rig is None:
+            return {"CANCELLED"}
+        n = rig.key_counts(the_rig.mesh)[rig.SHAPE_PREFIX]
+        values = np.random.default_rng(self.seed).normal(0.0, self.scale, n)
+        rig.set_key_values(the_rig.mesh, rig.SHAPE_PREFIX, values, _autokey_frame(context))
+        return {"FINISHED"}
+
+
+# ------------------------------------------------------------------------------------------------ rendering
+
+class _JobOperator:
+    mode: EnumProperty(items=MODES, default="AUTO", options={"HIDDEN", "SKIP_SAVE"})
+
+    @classmethod
+    def poll(cls, context):
+        if runner.is_busy():
+            cls.poll_message_set("A Next3D job is running; wait for it or cancel it")
+            return False
+        if context.scene is None:
+            return False
+        return True
+
+    _timer = None
+    _task = None
+    _warnings = ()
+
+    # With a UI: watch for Esc and report the job's outcome when it ends.
+    def _go_modal(self, context, task, warnings):
+        self._task, self._warnings = task, warnings
+        wm = context.window_manager
+        if context.window is None or bpy.app.background:
+            return {"FINISHED"}
+        self._timer = wm.event_timer_add(0.25, window=context.window)
+        wm.modal_handler_add(self)
+        return {"RUNNING_MODAL"}
+
+    def modal(self, context, event):
+        task = self._task
+        if event.type == "ESC" and event.value == "PRESS":
+            runner.cancel()
+            return {"RUNNING_MODAL"}
+        if task is None or not task.finished:
+            return {"PASS_THROUGH"}
+        context.window_manager.event_timer_remove(self._timer)
+        report_task(self, task, self._warnings)
+        if task.error:
+            self.report({"ERROR"}, task.error)
+            return {"CANCELLED"}
+        self.report({"INFO"}, task.status)
+        return {"FINISHED"}
+
+
+class NEXT3D_OT_render_frame(_JobOperator, Operator):
+    """Render the avatar at the current frame into the image 'Next3D Render' (shown in the Image Editor)"""
+
+    bl_idname = "next3d.render_frame"
+    bl_label = "Render Frame"
+    bl_options = {"REGISTER"}
+
+    def execute(self, context):
+        try:
+            the_rig, job, arrays, heads, warnings, prefs = prepare(context)
+            job["kind"] = "preview"
+            task = runner.Task(job, arrays, "Render frame", on_image=_store_image)
+            runner.start(task, prefs, synchronous(self.mode))
+        except Next3DError as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        if task.finished:
+            report_task(self, task, warnings)
+            self.report({"INFO"}, f"Rendered frame {context.scene.frame_current} into '{RENDER_IMAGE}'")
+            return {"FINISHED"}
+        return self._go_modal(context, task, warnings)
+
+
+def _store_image(header: dict, arrays: Dict[str, np.ndarray]) -> None:
+    image = convert.image_from_pixels(RENDER_IMAGE, arrays["pixels"])
+    image["next3d_frame"] = int(header.get("number", 0))
+    try:
+        image.preview_ensure()
+    except (AttributeError, RuntimeError):
+        pass
+    show_image(image)
+
+
+class NEXT3D_OT_render_animation(_JobOperator, Operator):
+    """Render the avatar for every frame of the range (or every keyframe of the rig) into the scene's output
+    folder as PNGs plus an MP4; frames already on disk are kept, so a stopped render resumes"""
+
+    bl_idname = "next3d.render_animation"
+    bl_label = "Render Animation"
+    bl_options = {"REGISTER"}
+
+    frame_start: IntProperty(name="Start", description="First frame (-1: the scene's start)", default=-1, min=-1)
+    frame_end: IntProperty(name="End", description="Last frame (-1: the scene's end)", default=-1, min=-1)
+    frame_source: EnumProperty(name="Frames", items=(("SCENE", "Scene Setting", "As set in the Render panel"),
+                                                     ("RANGE", "Frame Range", "Every frame of the range"),
+                                                     ("KEYFRAMES", "Keyframes", "Frames with keyframes on the rig")),
+                               default="SCENE", options={"SKIP_SAVE"})
+
+    def _numbers(self, context, the_rig) -> Tuple[List[int], int, int, bool]:
+        scene = context.scene
+        first = self.frame_start if self.frame_start >= 0 else scene.frame_start
+        last = self.frame_end if self.frame_end >= 0 else scene.frame_end
+        if first > last:
+            raise InputError(f"The frame range {first}-{last} is empty; the start must not be after the end.")
+        source = scene.next3d.frame_source if self.frame_source == "SCENE" else self.frame_source
+        if source == "KEYFRAMES":
+            keys = rig.keyframe_numbers(the_rig)
+            numbers = rig.frames_in_range(keys, first, last)
+            if not numbers:
+                raise InputError(f"The rig {the_rig.name!r} has no keyframes in frames {first}-{last}; keyframe it "
+                                 "or render the frame range instead.")
+            return numbers, numbers[0], numbers[-1], True
+        return list(range(first, last + 1)), scene.frame_start if self.frame_start < 0 else first, \
+            scene.frame_end if self.frame_end < 0 else last, False
+
+    def execute(self, context):
+        scene = context.scene
+        try:
+            the_rig = rig.find_rig(context.active_object)
+            numbers, seq_first, seq_last, keyframes_only = self._numbers(context, the_rig)
+            # The whole scene range is the sequence a video covers, so split renders (render farms) assemble it.
+            if not keyframes_only:
+                seq_first, seq_last = min(scene.frame_start, numbers[0]), max(scene.frame_end, numbers[-1])
+            folder = output_dir(scene)
+            check_writable(folder)
+            the_rig, job, arrays, heads, warnings, prefs = prepare(context, numbers)
+            fps = scene.render.fps / (scene.render.fps_base or 1.0)
+            job.update(kind="render", out_dir=str(folder), overwrite=bool(scene.next3d.overwrite),
+                       write_video=bool(scene.next3d.write_video), fps=fps, sequence_first=seq_first,
+                       sequence_last=seq_last, keyframes_only=keyframes_only)
+            task = runner.Task(job, arrays, "Render animation")
+            runner.start(task, prefs, synchronous(self.mode))
+        except Next3DError as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        if task.finished:
+            report_task(self, task, warnings)
+            if task.cancelled:
+                self.report({"WARNING"}, task.status)
+                return {"CANCELLED"}
+            s = task.summary
+            self.report({"INFO"}, f"Wrote {len(s.get('written', []))} frame(s) to {s.get('out_dir')}"
+                        + (f" and {Path(s['video']).name}" if s.get("video") else ""))
+            return {"FINISHED"}
+        return self._go_modal(context, task, warnings)
+
+
+class NEXT3D_OT_cancel_job(Operator):
+    """Stop the running Next3D job after the current frame (frames on disk are kept; render again to resume)"""
+
+    bl_idname = "next3d.cancel_job"
+    bl_label = "Cancel"
+    bl_options = {"REGISTER"}
+
+    @classmethod
+    def poll(cls, context):
+        if not runner.is_busy():
+            cls.poll_message_set("No Next3D job is running")
+            return False
+        return True
+
+    def execute(self, context):
+        runner.cancel()
+        self.report({"INFO"}, "Stopping after the current frame")
+        return {"FINISHED"}
+
+
+class NEXT3D_OT_release_worker(Operator):
+    """Stop the engine's worker process (frees its memory; the next job starts a new one)"""
+
+    bl_idname = "next3d.release_worker"
+    bl_label = "Release Worker"
+    bl_options = {"REGISTER"}
+
+    @classmethod
+    def poll(cls, context):
+        if runner.is_busy():
+            cls.poll_message_set("A Next3D job is running")
+            return False
+        return True
+
+    def execute(self, context):
+        runner.shutdown()
+        return {"FINISHED"}
+
+
+# ------------------------------------------------------------------------------------------------ meshes
+
+class NEXT3D_OT_extract_mesh(_JobOperator, Operator):
+    """Extract the avatar's surface as a mesh with vertex colours, placed on the head (current frame, or one per
+    keyframe in a collection whose objects show only on their frame)"""
+
+    bl_idname = "next3d.extract_mesh"
+    bl_label = "Extract Mesh"
+    bl_options = {"REGISTER", "UNDO"}
+
+    def execute(self, context):
+        scene = context.scene
+        try:
+            the_rig = rig.find_rig(context.active_object)
+            if scene.next3d.mesh_frames == "KEYFRAMES":
+                numbers = rig.keyframe_numbers(the_rig)
+                if not numbers:
+                    raise InputError(f"The rig {the_rig.name!r} has no keyframes; keyframe it or extract at the "
+                                     "current frame.")
+            else:
+                numbers = [scene.frame_current]
+            the_rig, job, arrays, heads, warnings, prefs = prepare(context, numbers)
+            job.update(kind="mesh", resolution=int(scene.next3d.mesh_resolution))
+            builder = MeshBuilder(scene, the_rig, heads, sequence=len(numbers) > 1)
+            task = runner.Task(job, arrays, "Extract mesh", on_mesh=builder.add)
+            runner.start(task, prefs, synchronous(self.mode))
+        except Next3DError as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        if task.finished:
+            report_task(self, task, warnings)
+            self.report({"INFO"}, f"Extracted {len(builder.objects)} mesh(es)")
+            return {"FINISHED"}
+        return self._go_modal(context, task, warnings)
+
+
+class MeshBuilder:
+    """Turns extracted meshes (FLAME space) into objects placed on the head in world space."""
+
+    def __init__(self, scene, the_rig: rig.Rig, heads: Dict[int, np.ndarray], sequence: bool):
+        self.scene_name = scene.name
+        self.rig_name = the_rig.name
+        self.heads = heads
+        self.sequence = sequence
+        self.objects: List[str] = []
+
+    def _collection(self, scene):
+        if not self.sequence:
+            return scene.collection
+        name = f"{MESH_COLLECTION} {self.rig_name}"
+        coll = bpy.data.collections.get(name)
+        if coll is None:
+            coll = bpy.data.collections.new(name)
+        if coll.name not in scene.collection.children:
+            scene.collection.children.link(coll)
+        return coll
+
+    def add(self, header: dict, arrays: Dict[str, np.ndarray]) -> None:
+        from mathutils import Matrix
+
+        scene = bpy.data.scenes[self.scene_name]
+        number = int(header["number"])
+        colors = np.asarray(arrays["colors"], dtype=np.float32) / 255.0
+        # Vertex colours are display-referred (sRGB bytes); Blender's float colour attributes are linear.
+        linear = np.where(colors <= 0.04045, colors / 12.92, ((colors + 0.055) / 1.055) ** 2.4)
+        name = f"Next3D Mesh {self.rig_name} {number:04d}"
+        mesh = convert.mesh_from_arrays(name, arrays["vertices"], arrays["faces"], linear)
+        obj = bpy.data.objects.new(name, mesh)
+        obj.matrix_world = Matrix([list(r) for r in self.heads[number]])
+        obj.next3d.mesh_frame = number
+        self._collection(scene).objects.link(obj)
+        if self.sequence:
+            _show_only_on_frame(obj, number)
+        self.objects.append(obj.name)
+
+
+def _show_only_on_frame(obj, number: int) -> None:
+    for frame, hidden in ((number - 1, True), (number, False), (number + 1, True)):
+        obj.hide_viewport = hidden
+        obj.hide_render = hidden
+        obj.keyframe_insert("hide_viewport", frame=frame)
+        obj.keyframe_insert("hide_render", frame=frame)
+    for fc in rig.fcurves_of(obj):
+        for kp in fc.keyframe_points:
+            kp.interpolation = "CONSTANT"
+    obj.hide_viewport = False
+    obj.hide_render = False
+
+
+CLASSES = (NEXT3D_OT_add_head, NEXT3D_OT_reset_expression, NEXT3D_OT_reset_shape, NEXT3D_OT_random_shape,
+           NEXT3D_OT_render_frame, NEXT3D_OT_render_animation, NEXT3D_OT_cancel_job, NEXT3D_OT_release_worker,
+           NEXT3D_OT_extract_mesh)

@@ -1,0 +1,134 @@
+"""The "Next3D" tab of the 3D viewport's sidebar: Model, Rig, Avatar, Render, Mesh. Panels only lay out."""
+
+import bpy
+from bpy.types import Panel
+
+from . import runner
+from .preferences import draw_model_settings, get_preferences
+
+
+class _Next3DPanel:
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "Next3D"
+
+
+def _rig_of(context):
+    from .rig import find_rig
+
+    try:
+        return find_rig(context.active_object)
+    except Exception:  # noqa: BLE001 - drawing must never fail; no rig simply shows less
+        return None
+
+
+def _job_status(layout) -> None:
+    task = runner.active_task()
+    if task is None:
+        return
+    box = layout.box()
+    if not task.finished:
+        row = box.row()
+        row.label(text=task.status, icon="RENDER_ANIMATION")
+        if task.total:
+            box.progress(factor=task.done / max(task.total, 1), text=f"{task.done} / {task.total}")
+        box.operator("next3d.cancel_job", icon="CANCEL")
+    elif task.error:
+        box.label(text=task.error[:120], icon="ERROR")
+    else:
+        box.label(text=task.status, icon="CHECKMARK")
+
+
+class NEXT3D_PT_model(_Next3DPanel, Panel):
+    bl_label = "Model"
+
+    def draw(self, context):
+        prefs = get_preferences(context)
+        if hasattr(prefs, "bl_rna"):
+            draw_model_settings(self.layout, prefs)
+        else:
+            self.layout.label(text="Bundled default model (add-on not enabled)")
+        self.layout.operator("next3d.release_worker", icon="X")
+
+
+class NEXT3D_PT_rig(_Next3DPanel, Panel):
+    bl_label = "Rig"
+
+    def draw(self, context):
+        layout = self.layout
+        layout.operator("next3d.add_head", icon="MONKEY")
+        the_rig = _rig_of(context)
+        if the_rig is None or the_rig.mesh.data.shape_keys is None:
+            layout.label(text="Select a FLAME rig to edit it", icon="INFO")
+            return
+        layout.label(text=f"Rig: {the_rig.name}", icon="ARMATURE_DATA")
+        row = layout.row(align=True)
+        row.operator("next3d.random_shape", icon="MOD_NOISE")
+        row.operator("next3d.reset_shape", text="Reset Shape")
+        layout.operator("next3d.reset_expression", icon="LOOP_BACK")
+        keys = the_rig.mesh.data.shape_keys.key_blocks
+        col = layout.column(align=True)
+        col.label(text="Expression")
+        for kb in keys:
+            if kb.name.startswith("Exp") and kb.name[3:].isdigit() and int(kb.name[3:]) <= 10:
+                col.prop(kb, "value", text=kb.name, slider=True)
+        if the_rig.armature is not None:
+            col = layout.column(align=True)
+            col.label(text="Pose (keyframe these)")
+            for name in ("jaw", "left_eye", "right_eye", "neck"):
+                pb = the_rig.armature.pose.bones.get(name)
+                if pb is not None and pb.rotation_mode not in ("QUATERNION", "AXIS_ANGLE"):
+                    col.prop(pb, "rotation_euler", text=name)
+
+
+class NEXT3D_PT_avatar(_Next3DPanel, Panel):
+    bl_label = "Avatar"
+
+    def draw(self, context):
+        layout = self.layout
+        settings = context.scene.next3d
+        col = layout.column()
+        col.prop(settings, "seed")
+        col.prop(settings, "truncation_psi")
+        col.prop(settings, "sample_seed")
+        layout.operator("next3d.render_frame", text="Preview Current Frame", icon="IMAGE_DATA")
+        image = bpy.data.images.get("Next3D Render")
+        if image is not None and image.preview is not None:
+            layout.template_icon(icon_value=image.preview.icon_id, scale=8.0)
+
+
+class NEXT3D_PT_render(_Next3DPanel, Panel):
+    bl_label = "Render"
+
+    def draw(self, context):
+        layout = self.layout
+        scene = context.scene
+        settings = scene.next3d
+        layout.operator("next3d.render_frame", icon="RENDER_STILL")
+        col = layout.column()
+        col.prop(settings, "frame_source")
+        row = col.row(align=True)
+        row.prop(scene, "frame_start")
+        row.prop(scene, "frame_end")
+        col.prop(settings, "write_video")
+        col.prop(settings, "overwrite")
+        col.label(text=f"{scene.render.resolution_x} x {scene.render.resolution_y} px, "
+                       f"{scene.render.fps / (scene.render.fps_base or 1):g} fps")
+        col.prop(scene.render, "filepath", text="Output")
+        layout.operator("next3d.render_animation", icon="RENDER_ANIMATION")
+        _job_status(layout)
+
+
+class NEXT3D_PT_mesh(_Next3DPanel, Panel):
+    bl_label = "Mesh"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw(self, context):
+        layout = self.layout
+        settings = context.scene.next3d
+        layout.prop(settings, "mesh_frames")
+        layout.prop(settings, "mesh_resolution")
+        layout.operator("next3d.extract_mesh", icon="MESH_DATA")
+
+
+CLASSES = (NEXT3D_PT_model, NEXT3D_PT_rig, NEXT3D_PT_avatar, NEXT3D_PT_render, NEXT3D_PT_mesh)

@@ -1,0 +1,52 @@
+"""Per-scene and per-object settings: Scene.next3d (avatar and output options, saved in the .blend) and
+Object.next3d (marks rigs this add-on built). Animatable state lives in shape keys and bones, never here on the
+WindowManager."""
+
+import bpy
+from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty, StringProperty
+from bpy.types import PropertyGroup
+
+FRAME_SOURCES = (
+    ("RANGE", "Frame Range", "Every frame of the scene's frame range (or the range given to the operator)"),
+    ("KEYFRAMES", "Keyframes", "Only the frames where the rig has keyframes"),
+)
+
+
+class NEXT3D_PG_scene(PropertyGroup):
+    seed: IntProperty(name="Seed", description="Avatar identity: the latent code is drawn from this seed",
+                      default=0, min=0)
+    truncation_psi: FloatProperty(name="Truncation", description="Truncation psi: lower values give more average, "
+                                  "cleaner avatars; 1 samples the full distribution", default=0.7, min=0.0, max=1.0)
+    sample_seed: IntProperty(name="Noise Seed", description="Seed of the renderer's random depth samples (each "
+                             "frame derives its own from it, so frames do not depend on which run renders them)",
+                             default=0, min=0)
+    frame_source: EnumProperty(name="Frames", items=FRAME_SOURCES, default="RANGE")
+    write_video: BoolProperty(name="Video", description="Also write an MP4 of the frames at the scene's frame rate",
+                              default=True)
+    overwrite: BoolProperty(name="Overwrite", description="Render again frames that are already on disk (otherwise "
+                            "they are kept, so a stopped render resumes)", default=False)
+    mesh_frames: EnumProperty(name="Frames", items=(
+        ("CURRENT", "Current Frame", "Extract one mesh at the current frame"),
+        ("KEYFRAMES", "Keyframes", "One mesh per keyframe, in a collection shown frame by frame")), default="CURRENT")
+    mesh_resolution: IntProperty(name="Resolution", description="Lattice points per axis for mesh extraction",
+                                 default=128, min=32, max=512)
+
+
+class NEXT3D_PG_object(PropertyGroup):
+    is_rig: BoolProperty(name="Next3D Rig", description="Built by Next3D > Add FLAME Head", default=False)
+    head_name: StringProperty(name="Head", description="The head model the rig was built from")
+    mesh_frame: IntProperty(name="Frame", description="Frame an extracted mesh belongs to", default=0)
+
+
+CLASSES = (NEXT3D_PG_scene, NEXT3D_PG_object)
+
+
+def attach() -> None:
+    bpy.types.Scene.next3d = PointerProperty(type=NEXT3D_PG_scene)
+    bpy.types.Object.next3d = PointerProperty(type=NEXT3D_PG_object)
+
+
+def detach() -> None:
+    for owner in (bpy.types.Object, bpy.types.Scene):
+        if hasattr(owner, "next3d"):
+            del owner.next3d

@@ -1,0 +1,133 @@
+"""The worker process outside Blender, through its queue protocol (a real subprocess), and the Blender side's
+handling of its replies: results, cancellation, a crash."""
+
+import os
+import signal
+import sys
+
+import bpy
+import numpy as np
+import pytest
+
+from next3d_blender.worker import WorkerClient, encode, iter_until_finished, read_message
+from n3d_helpers import submodule
+
+
+def _frontal_frames(numbers, jaw=0.0):
+    n = len(numbers)
+    c2w = np.tile(np.eye(4, dtype=np.float32), (n, 1, 1))
+    c2w[:, :3, :3] = np.diag([1.0, -1.0, -1.0])
+    c2w[:, :3, 3] = (0.0, -0.01, 1.08)
+    k = np.tile(np.array([[4.2647, 0, 0.5], [0, 4.2647, 0.5], [0, 0, 1]], np.float32), (n, 1, 1))
+    jaws = np.zeros((n, 3), np.float32)
+    jaws[:, 0] = jaw
+    return {"numbers": np.asarray(numbers, np.int64), "shape": np.zeros((n, 8), np.float32),
+            "expression": np.zeros((n, 6), np.float32), "jaw": jaws, "eyes": np.zeros((n, 6), np.float32),
+            "cam2world": c2w, "intrinsics": k}
+
+
+JOB = {"head": {"kind": "default"}, "seed": 1,
+       "truncation_psi": 0.7, "sample_seed": 0, "width": 32, "height": 24, "side": 32, "x0": 0, "y0": 4,
+       "threads": 2}
+
+
+def test_wire_format_round_trip(tmp_path):
+    arrays = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.array([1, 2], np.int64),
+              "empty": np.zeros((0, 3), np.uint8)}
+    path = tmp_path / "msg"
+    path.write_bytes(encode({"type": "x", "n": 1}, arrays) + encode({"type": "y"}))
+    with open(path, "rb") as fh:
+        h1, a1 = read_message(fh)
+        h2, a2 = read_message(fh)
+        assert read_message(fh) is None
+    assert h1 == {"type": "x", "n": 1} and h2 == {"type": "y"} and a2 == {}
+    for k in arrays:
+        assert a1[k].dtype == arrays[k].dtype and np.array_equal(a1[k], arrays[k])
+
+
+def _job(model_path, **kw):
+    return dict(JOB, model={"source": "project", "path": str(model_path), "device": "cpu"}, **kw)
+
+
+def test_worker_runs_jobs_end_to_end(tiny_model, tmp_path):
+    client = WorkerClient(sys.executable)
+    try:
+        client.submit({"kind": "ping"})
+        replies = [h["type"] for h, _ in iter_until_finished(client, 120)]
+        assert replies == ["ready", "pong", "finished"]
+        client.submit(_job(tiny_model, kind="preview"), _frontal_frames([7]))
+        got = {h["type"]: (h, a) for h, a in iter_until_finished(client, 300)}
+        assert "error" not in got, got.get("error")
+        header, arrays = got["image"]
+        assert header["number"] == 7 and arrays["pixels"].shape == (24, 32, 3)
+        assert arrays["pixels"].dtype == np.uint8 and arrays["pixels"].std() > 0
+        # A user error comes back as a message, and the worker carries on.
+        client.submit(dict(JOB, kind="preview", model={"source": "project", "path": str(tmp_path / "no.st")}),
+                      _frontal_frames([1]))
+        got = {h["type"]: h for h, _ in iter_until_finished(client, 120)}
+        assert got["error"]["user"] and "does not exist" in got["error"]["message"]
+        # Cancelling a render stops it between frames; what was written stays.
+        out = tmp_path / "frames"
+        client.submit(_job(tiny_model, kind="render", out_dir=str(out), sequence_first=1, sequence_last=6),
+                      _frontal_frames(list(range(1, 7))))
+        types = []
+        for header, _ in iter_until_finished(client, 300):
+            types.append(header["type"])
+            if header["type"] == "frame":
+                client.cancel()
+        assert "cancelled" in types and "done" not in types
+        written = sorted(p.name for p in out.glob("frame_*.png"))
+        assert 1 <= len(written) < 6
+        assert not list(out.glob(".*.png"))   # no temporary files left behind
+    finally:
+        client.stop()
+    assert not client.alive
+
+
+def test_worker_crash_is_an_error_report_not_a_crash(installed, tiny_model, tmp_path):
+    client = WorkerClient(sys.executable)
+    try:
+        client.submit(_job(tiny_model, kind="render", out_dir=str(tmp_path), sequence_first=1, sequence_last=40),
+                      _frontal_frames(list(range(1, 41))))
+        for header, _ in iter_until_finished(client, 300):
+            if header["type"] == "begin":
+                os.kill(client.proc.pid, signal.SIGKILL)
+            last = header
+        assert last["type"] == "exit" and last["returncode"] != 0
+    finally:
+        client.stop()
+    runner = submodule("runner")
+    task = runner.Task({}, {}, "test")
+    task.handle(last, {})
+    assert task.finished and not task.error_is_user and "stopped unexpectedly" in task.error
+    with pytest.raises(runner.WorkerFailure):
+        task.raise_error()
+
+
+def test_background_mode_runs_synchronously(addon, use_tiny, tmp_path):
+    """In background mode the operators never start the worker or a timer (timers would never fire)."""
+    from n3d_helpers import make_scene
+
+    make_scene(tmp_path)
+    runner = submodule("runner")
+    assert bpy.app.background
+    assert bpy.ops.next3d.render_frame() == {"FINISHED"}
+    assert not bpy.app.timers.is_registered(runner.drain)
+    assert runner._state["client"] is None
+    assert runner.active_task().finished
+    assert tuple(bpy.data.images["Next3D Render"].size) == (64, 64)
+
+
+def test_bad_worker_python_is_reported(addon, prefs, tmp_path):
+    from n3d_helpers import make_scene
+
+    make_scene(tmp_path)
+    prefs.python_path = str(tmp_path / "no-python")
+    with pytest.raises(RuntimeError, match="does not exist"):
+        bpy.ops.next3d.render_frame(mode="ASYNC")
+    assert runner_state_clean()
+
+
+def runner_state_clean():
+    runner = submodule("runner")
+    return not runner.is_busy() and not bpy.app.timers.is_registered(runner.drain)

@@ -88,16 +88,16 @@ def convert(src: str, dst: str) -> None:
 
 
 def _load_model(model: Optional[str], device: str):
-    """-> (generator, default mesh input [1, 5091, 3]: the stand-in head)."""
+    """-> (generator, a function giving the default mesh input [1, 5091, 3]: the head the generator was built on)."""
+    from .default_model import default_mesh_input, default_model
     from .io.generator_io import load_generator
 
     if model is None:
-        from .default_model import default_model
         default = default_model()
         click.echo(f"model: {default.description}", err=True)
-        return default.generator.to(device), default.head.mesh_input()
-    from .geometry.ellipsoid_head import ellipsoid_head
-    return load_generator(model, device), ellipsoid_head().mesh_input()
+        return default.generator.to(device), lambda: default.mesh_input
+    generator = load_generator(model, device)
+    return generator, lambda: default_mesh_input(generator)
 
 
 def _threads_option(f):
@@ -150,7 +150,7 @@ def _mesh_input(mesh: Optional[str], landmarks: Optional[str], default_v):
     if landmarks and not mesh:
         raise click.BadParameter("--landmarks belongs to an .obj given with --mesh; add --mesh.",
                                  param_hint="--landmarks")
-    return read_mesh_input(mesh, landmarks) if mesh else default_v
+    return read_mesh_input(mesh, landmarks) if mesh else default_v()
 
 
 def _identity(generator, seed: int, psi: float, trunc_cutoff: int, device: str, cond=None):
@@ -220,7 +220,7 @@ def _set_sample_mult(generator, mult: float) -> None:
                    "label per frame: .npy [frames, 25] or the official dataset.json.")
 @click.option("--flame-model", type=click.Path(dir_okay=False),
               help="Sequence mode: the FLAME model (generic_model.pkl or its converted .npz) that turns a FLAME "
-                   "animation (.npz/.json of parameters) into meshes.")
+                   "animation (.npz/.json of parameters) into meshes (default: the built-in head).")
 @click.option("--smooth-camera", is_flag=True,
               help="Average each label of a camera file with its neighbours, as the official reenactment does.")
 @click.option("--no-video", is_flag=True, help="Sequence mode: write the frames only.")
@@ -270,7 +270,7 @@ def render(model, seed, psi, trunc_cutoff, yaw, pitch, fov, mesh, landmarks, sam
     from .sequence.cameras import camera_track
     from .sequence.render import render_sequence, sequence_source
 
-    flame = _load_flame(flame_model) if flame_model else None
+    flame = _load_flame(flame_model)
     try:
         source = sequence_source(sequence, flame=flame)
     except Next3DError as exc:
@@ -306,11 +306,13 @@ def render(model, seed, psi, trunc_cutoff, yaw, pitch, fov, mesh, landmarks, sam
     click.echo(result.summary())
 
 
-def _load_flame(path: str):
-    """A core.flame FlameModel from the official generic_model.pkl (converted once, cached) or a converted .npz."""
+def _load_flame(path: Optional[str]):
+    """A core.flame FlameModel from the official generic_model.pkl (converted once, cached), a converted .npz, or
+    (None) the built-in head."""
     from .flame import FlameModel, load_model_data, load_or_convert
+    from .flame.builtin_head import BUILTIN_HEAD_PATH
 
-    p = Path(path)
+    p = Path(path) if path else BUILTIN_HEAD_PATH
     try:
         data = load_model_data(p) if p.suffix.lower() == ".npz" else load_or_convert(p)
         return FlameModel(data)
@@ -511,38 +513,53 @@ def mesh(model, seed, psi, trunc_cutoff, mesh, landmarks, resolution, level, uni
 @main.command()
 @click.option("--out", default="out", show_default=True, type=click.Path(file_okay=False))
 @click.option("--seed", default=0, show_default=True)
-def demo(out: str, seed: int) -> None:
-    """Render the default model on the built-in head from five yaw angles into OUT.
+@click.option("--frames", "n_frames", default=16, show_default=True, type=click.IntRange(min=2))
+def demo(out: str, seed: int, n_frames: int) -> None:
+    """Animate the built-in head with the default model (jaw, smile, gaze, head turn) into OUT/frames and
+    OUT/video.mp4, save the animation as OUT/demo_animation.json, and extract a mesh at the open-jaw frame.
 
-    \b
     Example: next3d demo --out out
     """
-    import time
-
+    import numpy as np
     import torch
 
     from .default_model import default_model
-    from .io.images import ensure_writable_dir, to_uint8, write_png
+    from .demo import demo_animation
+    from .flame.animation import save_sequence
+    from .flame.builtin_head import load_builtin_head_data
+    from .io.images import ensure_writable_dir
+    from .mesh import extract_mesh, save_mesh, sigma_quantile
     from .rendering.camera import ffhq_camera
     from .sampling import latent_from_seed
+    from .sequence.cameras import camera_track
+    from .sequence.render import FlameSequenceSource, render_sequence
 
     out_dir = ensure_writable_dir(out)
     model = default_model()
     click.echo(f"model: {model.description}")
     generator = model.generator
-    v = model.head.mesh_input()
+    flame = _load_flame(None)
+    names = load_builtin_head_data()["expression_names"]
+    animation = demo_animation(flame.n_shape, flame.n_expr, names, n_frames=n_frames)
+    save_sequence(out_dir / "demo_animation.json", animation)
+    source = FlameSequenceSource(animation, flame)
+    source.set_cameras(camera_track("fixed", len(source), yaw=0.0, pitch=-0.05))
     with torch.no_grad():
-        z = latent_from_seed(seed, generator.config.z_dim)
-        ws = generator.mapping(z, ffhq_camera()[None], truncation_psi=0.7, truncation_cutoff=14)
-        start = time.perf_counter()
+        ws = generator.mapping(latent_from_seed(seed, generator.config.z_dim), ffhq_camera()[None],
+                               truncation_psi=0.7, truncation_cutoff=14)
         identity = generator.make_identity(ws)
-        for k, yaw in enumerate((-0.5, -0.25, 0.0, 0.25, 0.5)):
-            rng = torch.Generator().manual_seed(k)
-            frame = generator.render_frame(identity, v, ffhq_camera(yaw, -0.1)[None], generator=rng)
-            path = out_dir / f"demo_yaw{k}.png"
-            write_png(path, to_uint8(frame.image[0]))
-            click.echo(f"wrote {path}")
-    click.echo(f"5 frames in {time.perf_counter() - start:.1f} s")
+    result = render_sequence(generator, identity, source, out_dir / "frames", seed=seed, fps=animation.fps,
+                             settings={"kind": "demo", "seed": seed, "frames": n_frames,
+                                       "model": model.description})
+    click.echo(result.summary())
+    jaw_frame = int(np.argmax(animation.frames.jaw[:, 0].numpy()))
+    with torch.no_grad():
+        planes = generator.build_planes(identity, source.mesh(jaw_frame)[None])
+        # Random weights have no density near the official level of 10; a trained model does.
+        level = 10.0 if model.trained else sigma_quantile(generator, planes, quantile=0.9)
+        mesh = extract_mesh(generator, planes, resolution=128, level=level)
+    path = save_mesh(out_dir / "demo_mesh.glb", mesh)
+    click.echo(f"wrote {path} ({mesh.n_vertices} vertices, level {level:.3g}, frame {jaw_frame + 1})")
 
 
 if __name__ == "__main__":

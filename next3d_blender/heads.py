@@ -28,7 +28,7 @@ from .core.errors import InputError
 
 ASSETS = Path(__file__).resolve().parent / "addon_assets"
 BUILTIN_HEAD_NPZ = ASSETS / "builtin_head.npz"
-DEFAULT_HEAD = "standin"        # "standin" | "builtin": the head core.default_model's generator is built on
+DEFAULT_HEAD = "builtin"        # "standin" | "builtin": the head core.default_model's generator is built on
 JOINT_NAMES = ("global", "neck", "jaw", "left_eye", "right_eye")
 FLAME_PARENTS = (-1, 0, 1, 1, 1)
 REQUIRED = ("v_template", "faces", "shapedirs", "exprdirs", "posedirs", "J_regressor", "weights", "parents",

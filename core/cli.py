@@ -562,5 +562,17 @@ def demo(out: str, seed: int, n_frames: int) -> None:
     click.echo(f"wrote {path} ({mesh.n_vertices} vertices, level {level:.3g}, frame {jaw_frame + 1})")
 
 
+def _register_training_commands() -> None:
+    """`train`, `make-dataset` and `evaluate` live in core/training/cli.py with the training code."""
+    from .training.cli import evaluate_command, make_dataset_command, train_command
+
+    main.add_command(train_command, "train")
+    main.add_command(make_dataset_command, "make-dataset")
+    main.add_command(evaluate_command, "evaluate")
+
+
+_register_training_commands()
+
+
 if __name__ == "__main__":
     main()

@@ -268,9 +268,10 @@ def render(model, seed, psi, trunc_cutoff, yaw, pitch, fov, mesh, landmarks, sam
         raise click.BadParameter("--mesh/--landmarks give one mesh; a sequence brings its own meshes. Drop them.",
                                  param_hint="--mesh")
     from .sequence.cameras import camera_track
-    from .sequence.render import render_sequence, sequence_source
+    from .sequence.render import is_flame_animation, render_sequence, sequence_source
 
-    flame = _load_flame(flame_model)
+    # The FLAME model is needed only to turn parameters into meshes; mesh folders and arrays bring their own.
+    flame = _load_flame(flame_model) if flame_model or is_flame_animation(Path(sequence)) else None
     try:
         source = sequence_source(sequence, flame=flame)
     except Next3DError as exc:

@@ -23,6 +23,9 @@ BUNDLED_WEIGHTS = Path(__file__).resolve().parent.parent / "addon_assets" / "def
 # The narrow width of the official reference numbers on the stand-in head: fast on a CPU, same structure as
 # FFHQ-512. Tests build their generators from it.
 SMALL_CONFIG = Next3DConfig(channel_base=2048, channel_max=32, n_faces=N_FACES, n_uvcoords=N_UVS)
+# Smaller still (64 px planes and images) on the stand-in head: for tests of the machinery around the generator.
+TINY_CONFIG = Next3DConfig(channel_base=512, channel_max=16, texture_resolution=64, plane_resolution=64,
+                           neural_rendering_resolution=16, image_resolution=64, n_faces=N_FACES, n_uvcoords=N_UVS)
 
 
 @dataclass(frozen=True)

@@ -15,15 +15,12 @@ import pytest
 from click.testing import CliRunner
 
 from core.cli import main as cli
-from core.default_model import SMALL_CONFIG, random_generator
+from core.default_model import TINY_CONFIG, random_generator
 from core.geometry.ellipsoid_head import ellipsoid_head
 from core.io.generator_io import save_generator
-from core.networks.next3d import Next3DConfig
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = Next3DConfig(channel_base=512, channel_max=16, texture_resolution=64, plane_resolution=64,
-                    neural_rendering_resolution=16, image_resolution=64, n_faces=SMALL_CONFIG.n_faces,
-                    n_uvcoords=SMALL_CONFIG.n_uvcoords)
+TINY = TINY_CONFIG
 N_FRAMES = 16
 
 

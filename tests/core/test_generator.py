@@ -5,16 +5,14 @@ import time
 import pytest
 import torch
 
-from core.default_model import SMALL_CONFIG, random_generator
+from core.default_model import SMALL_CONFIG, TINY_CONFIG, random_generator
 from core.errors import InputError
 from core.geometry.ellipsoid_head import ellipsoid_head
 from core.networks.next3d import Next3DConfig, Next3DGenerator
 from core.rendering.camera import ffhq_camera
 from core.sampling import latent_from_seed
 
-TINY = Next3DConfig(channel_base=512, channel_max=16, texture_resolution=64, plane_resolution=64,
-                    neural_rendering_resolution=16, image_resolution=64, n_faces=SMALL_CONFIG.n_faces,
-                    n_uvcoords=SMALL_CONFIG.n_uvcoords)
+TINY = TINY_CONFIG
 
 
 def test_state_dict_equals_official_keys_shapes_and_order(official_key_list):

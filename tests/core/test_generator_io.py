@@ -9,8 +9,7 @@ import torch
 from click.testing import CliRunner
 
 from core.cli import main as cli
-from core.default_model import SMALL_CONFIG, random_generator
-from core.networks.next3d import Next3DConfig
+from core.default_model import SMALL_CONFIG, TINY_CONFIG, random_generator
 from core.errors import CheckpointError
 from core.geometry.ellipsoid_head import ellipsoid_head
 from core.io.generator_io import load_generator, save_generator
@@ -21,9 +20,7 @@ from core.sampling import latent_from_seed
 from official_pickle_writer import official_attributes, write_official_pickle  # tests/core is on sys.path
 
 # A tiny configuration keeps these file round trips fast; the reference test below uses the official layout.
-TINY = Next3DConfig(channel_base=512, channel_max=16, texture_resolution=64, plane_resolution=64,
-                    neural_rendering_resolution=16, image_resolution=64, n_faces=SMALL_CONFIG.n_faces,
-                    n_uvcoords=SMALL_CONFIG.n_uvcoords)
+TINY = TINY_CONFIG
 BUFFER_SUFFIXES = ("resample_filter", "noise_const", "w_avg")
 TOP_BUFFERS = {"dense_faces", "faces", "raw_uvcoords", "uvcoords", "uvfaces", "face_uvcoords"}
 

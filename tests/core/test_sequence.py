@@ -11,10 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from core.default_model import SMALL_CONFIG, random_generator
+from core.default_model import TINY_CONFIG, random_generator
 from core.errors import InputError
 from core.geometry.ellipsoid_head import ellipsoid_head
-from core.networks.next3d import Next3DConfig
 from core.rendering.camera import ffhq_camera
 from core.sampling import latent_from_seed
 from core.sequence import (FixedCamera, LabelCamera, MeshFolderSource, OrbitCamera, StaticMeshSource,
@@ -22,9 +21,7 @@ from core.sequence import (FixedCamera, LabelCamera, MeshFolderSource, OrbitCame
                            parse_frame_range, render_sequence, write_video)
 from core.sequence.render import SequenceInterrupted
 
-TINY = Next3DConfig(channel_base=512, channel_max=16, texture_resolution=64, plane_resolution=64,
-                    neural_rendering_resolution=16, image_resolution=64, n_faces=SMALL_CONFIG.n_faces,
-                    n_uvcoords=SMALL_CONFIG.n_uvcoords)
+TINY = TINY_CONFIG
 N_FRAMES = 6
 
 

@@ -30,6 +30,7 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from ..errors import CheckpointError, InputError
+from ..io.restricted_pickle import InertObject, NumpyArray, NumpyStandIns, ObjectArray, PickleRules, inert_class
 from .model_data import (FLAME_PARENTS, N_CONTOUR_LANDMARKS, N_DYNAMIC_YAWS, N_JOINTS, N_LANDMARKS, FlameModelData,
                          load_model_data, save_model_data)
 
@@ -43,14 +44,17 @@ PathLike = Union[str, os.PathLike]
 
 CONVERTER_VERSION = 1   # part of the cache key: bump when the converted layout or its contents change
 _MAX_DEPTH = 64         # chumpy expressions and containers nest a few levels; deeper means a hostile file
-_REFUSED = ("nothing from it was run. Use the official FLAME files (generic_model.pkl / flame2023.pkl, "
-            "flame_static_embedding.pkl, flame_dynamic_embedding.npy) or DECA's landmark_embedding.npy.")
+_REFUSED = ("The file is not an official FLAME model or landmark file, or may be malicious; nothing from it "
+            "was run. Use the official FLAME files (generic_model.pkl / flame2023.pkl, flame_static_embedding.pkl, "
+            "flame_dynamic_embedding.npy) or DECA's landmark_embedding.npy.")
 
-# Plain numeric numpy dtype names a FLAME file may use; 'O' only for the pickled dict inside an .npy file.
-_NUMERIC_DTYPES = frozenset({"b1", "?", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "f2", "f4", "f8", "int8",
-                             "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float16", "float32",
-                             "float64", "bool"})
-_OBJECT_DTYPES = frozenset({"O", "O4", "O8", "object"})
+# Plain numeric numpy dtype names a FLAME file may use; object arrays only for the pickled dict inside an .npy file.
+# Python 2 pickles (the FLAME 2020 release) keep array bytes in str payloads and may use 4-tuple array states.
+_RULES = PickleRules(
+    refusal=_REFUSED, object_arrays=True, legacy_arrays=True,
+    dtypes=frozenset({"b1", "?", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "f2", "f4", "f8", "int8", "int16",
+                      "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float16", "float32", "float64",
+                      "bool"}))
 
 # Number of times an official pickle was actually parsed (diagnostics; the cache tests read it).
 pickle_reads = 0
@@ -59,30 +63,10 @@ pickle_reads = 0
 # ----------------------------------------------------------------------------------------------------------------
 # Inert stand-ins for what the pickles name
 
-class _Inert:
-    """Base of the stand-ins for classes pickled by reference (chumpy objects, sparse matrices): construction
-    ignores its arguments and `__setstate__` only stores the state."""
+class _Inert(InertObject):
+    """Base of the stand-ins for classes a FLAME file pickles by reference (chumpy objects, sparse matrices)."""
 
-    module = ""
-    qualname = ""
-
-    def __new__(cls, *args: Any, **kwargs: Any) -> "_Inert":
-        obj = object.__new__(cls)
-        obj.state = {}
-        return obj
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def __setstate__(self, state: Any) -> None:
-        if isinstance(state, tuple) and len(state) == 2 and all(s is None or isinstance(s, dict) for s in state):
-            merged = dict(state[0] or {})   # (dict, slots) of objects with __slots__
-            merged.update(state[1] or {})
-            state = merged
-        if not isinstance(state, dict):
-            raise CheckpointError(f"A pickled {self.module}.{self.qualname} object has a {type(state).__name__} "
-                                  f"state instead of a dict; the file is not a FLAME model, and " + _REFUSED)
-        self.state = state
+    refusal = _REFUSED
 
 
 class _Chumpy(_Inert):
@@ -93,163 +77,16 @@ class _Sparse(_Inert):
     """A scipy.sparse csc/csr matrix: data, indices, indptr and shape are kept and turned into a dense array."""
 
 
-_CLASS_CACHE: dict[tuple[str, str], type] = {}
-
-
-def _inert_class(base: type, module: str, name: str) -> type:
-    key = (module, name)
-    if key not in _CLASS_CACHE:
-        _CLASS_CACHE[key] = type(name, (base,), {"module": module, "qualname": name})
-    return _CLASS_CACHE[key]
-
-
-class _ObjectMarker:
-    """Stand-in for `object` / `__builtin__.object` (only meaningful as copyreg._reconstructor's base)."""
-
-
-class _NdarrayMarker:
-    """Stand-in for the `numpy.ndarray` class (only meaningful as `_reconstruct`'s first argument)."""
-
-
-class _DType:
-    """Stand-in for `numpy.dtype(name, align, copy)` + its BUILD state: plain numeric dtypes and 'O'."""
-
-    def __init__(self, name: Any = None, align: Any = False, copy: Any = False) -> None:
-        if isinstance(name, bytes):
-            name = name.decode("latin1")
-        if not isinstance(name, str) or name not in _NUMERIC_DTYPES | _OBJECT_DTYPES:
-            raise CheckpointError(f"The pickle holds a numpy dtype {name!r}; only plain numeric arrays are read, "
-                                  "and " + _REFUSED)
-        self.name = name
-        self.byteorder = "="
-
-    def __setstate__(self, state: Any) -> None:
-        if isinstance(state, tuple) and len(state) >= 2 and state[1] in ("<", ">", "|", "="):
-            self.byteorder = state[1]
-
-    @property
-    def is_object(self) -> bool:
-        return self.name in _OBJECT_DTYPES
-
-    def to_numpy(self) -> np.dtype:
-        dt = np.dtype(self.name)
-        return dt if self.byteorder in ("|", "=") else dt.newbyteorder(self.byteorder)
-
-
-class _Array:
-    """Stand-in for `numpy.core.multiarray._reconstruct(ndarray, shape, typecode)` + BUILD: rebuilt from bytes.
-
-    Object arrays (the pickled dict of an .npy file) keep their list of already-unpickled items."""
-
-    def __init__(self) -> None:
-        self.value: Any = None
-
-    def __setstate__(self, state: Any) -> None:
-        if not (isinstance(state, tuple) and len(state) in (4, 5)):
-            raise CheckpointError("The pickle holds a numpy array in an unknown layout; " + _REFUSED)
-        if len(state) == 5:
-            state = state[1:]   # (version, shape, dtype, is_fortran, data)
-        shape, dtype, fortran, data = state
-        if not isinstance(dtype, _DType):
-            raise CheckpointError("The pickle holds a numpy array without a numpy dtype; " + _REFUSED)
-        try:
-            shape = tuple(int(s) for s in shape)
-        except (TypeError, ValueError):
-            raise CheckpointError("The pickle holds a numpy array with an invalid shape; " + _REFUSED) from None
-        count = int(np.prod(shape)) if shape else 1
-        if dtype.is_object:
-            if not isinstance(data, list) or len(data) != count:
-                raise CheckpointError("The pickle holds an object array with the wrong number of items; " + _REFUSED)
-            self.value = _ObjectArray(shape, data)
-            return
-        if isinstance(data, str):
-            data = data.encode("latin1")   # Python 2 pickles read with encoding='latin1'
-        if not isinstance(data, (bytes, bytearray)):
-            raise CheckpointError("The pickle holds a numeric numpy array without raw bytes; " + _REFUSED)
-        dt = dtype.to_numpy()
-        if len(data) != count * dt.itemsize:
-            raise CheckpointError(f"A pickled numpy array of shape {list(shape)} holds {len(data)} bytes instead of "
-                                  f"{count * dt.itemsize}; the file is corrupted. Download it again.")
-        arr = np.frombuffer(bytes(data), dtype=dt).reshape(shape, order="F" if fortran else "C")
-        self.value = np.array(arr, dtype=dt.newbyteorder("="), order="C")
-
-
-@dataclass
-class _ObjectArray:
-    shape: tuple
-    items: list
-
-
-def _reconstruct(subtype: Any, shape: Any = None, typecode: Any = None) -> _Array:
-    if not (isinstance(subtype, type) and issubclass(subtype, _NdarrayMarker)):
-        raise CheckpointError("The pickle rebuilds a numpy array of an unexpected type; " + _REFUSED)
-    return _Array()
-
-
-def _frombuffer(buf: Any, dtype: Any, shape: Any, order: Any = "C") -> np.ndarray:
-    """Protocol-5 numpy arrays: `numpy.core.numeric._frombuffer(bytes, dtype, shape, order)`."""
-    if isinstance(buf, pickle.PickleBuffer):
-        buf = bytes(buf.raw())
-    if not isinstance(buf, (bytes, bytearray)) or not isinstance(dtype, _DType) or dtype.is_object:
-        raise CheckpointError("The pickle rebuilds a numpy array from unexpected arguments; " + _REFUSED)
-    arr = _Array()
-    arr.__setstate__((tuple(shape), dtype, order == "F", bytes(buf)))
-    return arr.value
-
-
-def _scalar(dtype: Any, data: Any = None) -> Any:
-    if isinstance(data, str):
-        data = data.encode("latin1")
-    if not isinstance(dtype, _DType) or dtype.is_object or not isinstance(data, (bytes, bytearray)):
-        raise CheckpointError("The pickle holds a numpy scalar that is not a plain number; " + _REFUSED)
-    dt = dtype.to_numpy()
-    if len(data) != dt.itemsize:
-        raise CheckpointError("A pickled numpy scalar has the wrong number of bytes; the file is corrupted.")
-    return np.frombuffer(bytes(data), dtype=dt)[0].item()
-
-
-def _codecs_encode(text: Any, encoding: Any = "utf-8") -> bytes:
-    # Protocol-2 pickles written by Python 3 spell bytes as _codecs.encode(str, 'latin1').
-    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
-        raise CheckpointError("The pickle calls _codecs.encode with unexpected arguments; " + _REFUSED)
-    return text.encode("latin1")
-
-
-def _copyreg_reconstructor(cls: Any, base: Any, state: Any) -> Any:
-    """Stand-in for copyreg._reconstructor (protocol 0/1 pickles of plain objects)."""
-    if isinstance(cls, type) and issubclass(cls, _Inert) and isinstance(base, type) \
-            and issubclass(base, _ObjectMarker) and state is None:
-        return cls()
-    raise CheckpointError("The pickle calls copyreg._reconstructor on something other than a known class; "
-                          + _REFUSED)
-
-
 def _set(items: Any = ()) -> set:
     if not isinstance(items, (list, tuple)):
-        raise CheckpointError("The pickle builds a set from unexpected arguments; " + _REFUSED)
+        raise _RULES.error("The pickle builds a set from unexpected arguments")
     return set(x for x in items if isinstance(x, (str, int, float, bytes, tuple)))
 
 
-_NUMPY_MODULES = ("numpy.core.multiarray", "numpy._core.multiarray")
-_SAFE_GLOBALS: dict[tuple[str, str], Any] = {}
-for _m in _NUMPY_MODULES:
-    _SAFE_GLOBALS[(_m, "_reconstruct")] = _reconstruct
-    _SAFE_GLOBALS[(_m, "scalar")] = _scalar
-for _m in ("numpy.core.numeric", "numpy._core.numeric"):
-    _SAFE_GLOBALS[(_m, "_frombuffer")] = _frombuffer
-_SAFE_GLOBALS.update({
-    ("numpy", "ndarray"): _NdarrayMarker,
-    ("numpy", "dtype"): _DType,
-    ("_codecs", "encode"): _codecs_encode,
-    ("copy_reg", "_reconstructor"): _copyreg_reconstructor,
-    ("copyreg", "_reconstructor"): _copyreg_reconstructor,
-    ("__builtin__", "object"): _ObjectMarker,
-    ("builtins", "object"): _ObjectMarker,
-    ("__builtin__", "set"): _set,
-    ("builtins", "set"): _set,
-    ("__builtin__", "frozenset"): _set,
-    ("builtins", "frozenset"): _set,
-})
+_SAFE_GLOBALS: dict[tuple[str, str], Any] = NumpyStandIns(_RULES, _Inert).globals(frombuffer=True)
+for _m in ("builtins", "__builtin__"):
+    _SAFE_GLOBALS[(_m, "set")] = _set
+    _SAFE_GLOBALS[(_m, "frozenset")] = _set
 _SPARSE_MODULES = frozenset({"scipy.sparse.csc", "scipy.sparse._csc", "scipy.sparse.csr", "scipy.sparse._csr",
                              "scipy.sparse.compressed", "scipy.sparse._compressed", "scipy.sparse._arrays"})
 _SPARSE_CLASSES = frozenset({"csc_matrix", "csr_matrix", "csc_array", "csr_array"})
@@ -267,14 +104,14 @@ class _RestrictedUnpickler(pickle.Unpickler):
         if key in _SAFE_GLOBALS:
             return _SAFE_GLOBALS[key]
         if (module == "chumpy" or module.startswith("chumpy.")) and name.isidentifier():
-            return _inert_class(_Chumpy, module, name)
+            return inert_class(_Chumpy, module, name)
         if module in _SPARSE_MODULES and name in _SPARSE_CLASSES:
-            return _inert_class(_Sparse, module, name)
-        raise CheckpointError(f"{self.source} refers to {module}.{name}, which a FLAME model or landmark file "
-                              f"never holds; the file may be malicious, and " + _REFUSED)
+            return inert_class(_Sparse, module, name)
+        raise _RULES.error(f"{self.source} refers to {module}.{name}, which a FLAME model or landmark file never "
+                           "holds")
 
     def persistent_load(self, pid: Any) -> Any:
-        raise CheckpointError(f"{self.source} uses persistent ids, which FLAME files never do; " + _REFUSED)
+        raise _RULES.error(f"{self.source} uses persistent ids, which FLAME files never do")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -283,10 +120,10 @@ class _RestrictedUnpickler(pickle.Unpickler):
 def _plain(obj: Any, depth: int = 0) -> Any:
     """Turn the unpickled structure into dicts, lists and numpy arrays; chumpy and sparse records stay records."""
     if depth > _MAX_DEPTH:
-        raise CheckpointError("The pickle nests deeper than any FLAME file does; " + _REFUSED)
-    if isinstance(obj, _Array):
+        raise _RULES.error("The pickle nests deeper than any FLAME file does")
+    if isinstance(obj, NumpyArray):
         obj = obj.value
-    if isinstance(obj, _ObjectArray):
+    if isinstance(obj, ObjectArray):
         items = [_plain(x, depth + 1) for x in obj.items]
         return items[0] if obj.shape == () else items
     if isinstance(obj, dict):
@@ -304,7 +141,7 @@ def _as_array(obj: Any, key: str, source: str, depth: int = 0) -> np.ndarray:
     """The numeric array a FLAME pickle stores under `key`: a numpy array, a chumpy object's stored value (possibly
     nested, or a `Select` of one), or a sparse matrix made dense."""
     if depth > _MAX_DEPTH:
-        raise CheckpointError(f"{source}: '{key}' nests chumpy objects too deeply; " + _REFUSED)
+        raise _RULES.error(f"{source}: '{key}' nests chumpy objects too deeply")
     if isinstance(obj, np.ndarray):
         if obj.dtype.kind not in "biuf":
             raise CheckpointError(f"{source}: '{key}' is a numpy array of {obj.dtype}, not numbers.")
@@ -317,7 +154,7 @@ def _as_array(obj: Any, key: str, source: str, depth: int = 0) -> np.ndarray:
         st = obj.state
         if "x" in st:
             return _as_array(st["x"], key, source, depth + 1)
-        if obj.qualname == "Select" and "a" in st and "idxs" in st:
+        if obj.pickle_name == "Select" and "a" in st and "idxs" in st:
             base = _as_array(st["a"], key, source, depth + 1).ravel()
             idxs = np.asarray(_as_array(st["idxs"], key, source, depth + 1)).astype(np.int64).ravel()
             if idxs.size and (idxs.min() < -base.size or idxs.max() >= base.size):
@@ -330,7 +167,7 @@ def _as_array(obj: Any, key: str, source: str, depth: int = 0) -> np.ndarray:
                 except (TypeError, ValueError):
                     raise CheckpointError(f"{source}: the chumpy selection '{key}' has an invalid shape.") from None
             return out
-        raise CheckpointError(f"{source}: '{key}' is a chumpy {obj.module}.{obj.qualname} expression without a "
+        raise CheckpointError(f"{source}: '{key}' is a chumpy {obj.qualified_name()} expression without a "
                               "stored value; only stored chumpy arrays (Ch) and selections can be read without "
                               "chumpy. Use the official FLAME release files.")
     raise CheckpointError(f"{source}: '{key}' is a {type(obj).__name__}, not an array; the file is not a FLAME "
@@ -348,7 +185,7 @@ def _sparse_to_dense(obj: _Sparse, key: str, source: str) -> np.ndarray:
     except (KeyError, TypeError, ValueError):
         raise CheckpointError(f"{source}: the sparse matrix '{key}' lacks data, indices, indptr or its shape; "
                               "the file is corrupted.") from None
-    csc = obj.qualname.startswith("csc")
+    csc = obj.pickle_name.startswith("csc")
     major, minor = (cols, rows) if csc else (rows, cols)
     ok = (indptr.shape == (major + 1,) and indptr[0] == 0 and indptr[-1] == data.size == indices.size
           and np.all(np.diff(indptr) >= 0) and (indices.size == 0 or (indices.min() >= 0 and indices.max() < minor)))
@@ -377,7 +214,7 @@ def _unpickle_bytes(data: bytes, source: str) -> Any:
     except CheckpointError:
         raise
     except RecursionError:
-        raise CheckpointError(f"{source} nests too deeply; " + _REFUSED) from None
+        raise _RULES.error(f"{source} nests too deeply") from None
     except Exception as exc:  # noqa: BLE001 - any parse failure of a corrupted or foreign file
         raise CheckpointError(f"{source} is not a readable pickle ({type(exc).__name__}: {exc}); it is corrupted "
                               "or not a FLAME file. Download it again.") from None

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError
+from .restricted_pickle import InertObject, NumpyArray, NumpyStandIns, PickleRules, inert_class
 from .safetensors_format import describe_file_format
 
 __all__ = ["OfficialNetwork", "load_official_pickle", "describe_official_pickle"]
@@ -65,9 +66,10 @@ _BY_REFERENCE_CLASSES = frozenset({
     ("training.volumetric_rendering.ray_marcher", "MipRayMarcher2"),
 })
 
-# Numpy dtypes a weight_gain-like scalar or a small array may carry; object dtypes are refused.
-_NUMPY_DTYPES = frozenset({"b1", "?", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "f2", "f4", "f8", "c8",
-                           "c16"})
+# Numpy dtypes a weight_gain-like scalar or a small array may carry; object arrays and the Python 2 layouts of
+# FLAME's pickles are refused.
+_RULES = PickleRules(refusal=_REFUSED, dtypes=frozenset({"b1", "?", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8",
+                                                         "f2", "f4", "f8", "c8", "c16"}))
 
 _TORCH_DTYPES = {name: getattr(torch, name) for name in (
     "float32", "float64", "float16", "bfloat16", "int64", "int32", "int16", "int8", "uint8", "bool",
@@ -182,35 +184,10 @@ class _PersistentRecord:
         self.version = version
 
 
-class _InertObject:
-    """Base of the stand-ins for classes pickled by reference: construction ignores its arguments and
-    `__setstate__` only stores the state."""
+class _InertObject(InertObject):
+    """Base of the stand-ins for classes a network pickle holds by reference (torch.nn containers, OSGDecoder...)."""
 
-    pickle_module = ""
-    pickle_name = ""
-
-    def __new__(cls, *args: Any, **kwargs: Any) -> "_InertObject":
-        obj = object.__new__(cls)
-        obj.state = {}
-        return obj
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def __setstate__(self, state: Any) -> None:
-        # Objects with __slots__ pickle their state as (dict, slots).
-        if isinstance(state, tuple) and len(state) == 2:
-            merged = dict(state[0] or {})
-            merged.update(state[1] or {})
-            state = merged
-        if not isinstance(state, dict):
-            raise CheckpointError(f"The pickled {self.qualified_name()} object has a {type(state).__name__} state "
-                                  f"instead of a dict. " + _REFUSED)
-        self.state = state
-
-    @classmethod
-    def qualified_name(cls) -> str:
-        return f"{cls.pickle_module}.{cls.pickle_name}"
+    refusal = _REFUSED
 
 
 class _EasyDict(dict):
@@ -219,77 +196,6 @@ class _EasyDict(dict):
     def __setstate__(self, state: Any) -> None:
         if isinstance(state, dict):
             self.update(state)
-
-
-class _NumpyDType:
-    """Stand-in for `numpy.dtype(name, align, copy)` + its BUILD state; only plain numeric dtypes."""
-
-    def __init__(self, name: Any = None, align: Any = False, copy: Any = False) -> None:
-        if not isinstance(name, str) or name not in _NUMPY_DTYPES:
-            raise CheckpointError(f"The pickle holds a numpy dtype {name!r}; only plain numeric dtypes are read. "
-                                  + _REFUSED)
-        self.name = name
-        self.byteorder = "="
-
-    def __setstate__(self, state: Any) -> None:
-        if isinstance(state, tuple) and len(state) >= 2 and state[1] in ("<", ">", "|", "="):
-            self.byteorder = state[1]
-
-    def to_numpy(self) -> np.dtype:
-        dt = np.dtype(self.name)
-        return dt if self.byteorder in ("|", "=") else dt.newbyteorder(self.byteorder)
-
-
-class _NumpyArray:
-    """Stand-in for `numpy.core.multiarray._reconstruct(ndarray, shape, typecode)` + BUILD."""
-
-    def __init__(self) -> None:
-        self.array: np.ndarray | None = None
-
-    def __setstate__(self, state: Any) -> None:
-        if not (isinstance(state, tuple) and len(state) == 5):
-            raise CheckpointError("The pickle holds a numpy array in an unknown layout. " + _REFUSED)
-        _, shape, dtype, fortran, data = state
-        if not isinstance(dtype, _NumpyDType) or not isinstance(data, (bytes, bytearray)):
-            raise CheckpointError("The pickle holds a numpy array of objects; only numeric arrays are read. "
-                                  + _REFUSED)
-        dt = dtype.to_numpy()
-        arr = np.frombuffer(data, dtype=dt).copy()
-        self.array = arr.reshape(tuple(shape), order="F" if fortran else "C")
-
-
-class _NumpyScalar:
-    """A numpy scalar (e.g. a float64 `weight_gain`), kept as its Python value."""
-
-    def __init__(self, value: Any) -> None:
-        self.value = value
-
-
-class _NdarrayMarker:
-    """Stand-in for the `numpy.ndarray` class; only meaningful as the first argument of `_reconstruct`."""
-
-
-def _numpy_scalar(dtype: Any, data: Any = None) -> _NumpyScalar:
-    if not isinstance(dtype, _NumpyDType) or not isinstance(data, (bytes, bytearray)):
-        raise CheckpointError("The pickle holds a numpy scalar of objects; only numeric scalars are read. "
-                              + _REFUSED)
-    dt = dtype.to_numpy()
-    if len(data) != dt.itemsize:
-        raise CheckpointError("The pickle holds a numpy scalar with the wrong number of bytes; it is corrupted.")
-    return _NumpyScalar(np.frombuffer(data, dtype=dt)[0].item())
-
-
-def _numpy_reconstruct(subtype: Any, shape: Any, typecode: Any) -> _NumpyArray:
-    if not isinstance(subtype, type) or not issubclass(subtype, _NdarrayMarker):
-        raise CheckpointError("The pickle rebuilds a numpy array of an unexpected type. " + _REFUSED)
-    return _NumpyArray()
-
-
-def _codecs_encode(text: Any, encoding: Any = "utf-8") -> bytes:
-    # Protocol-2 pickles spell bytes objects as _codecs.encode(str, 'latin1').
-    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
-        raise CheckpointError("The pickle calls _codecs.encode with unexpected arguments. " + _REFUSED)
-    return text.encode("latin1")
 
 
 def _torch_device(*args: Any) -> str:
@@ -380,38 +286,30 @@ def _reconstruct_persistent_obj(meta: Any) -> _PersistentRecord:
     return _PersistentRecord(meta["class_name"], meta["module_src"], meta["state"], meta["version"])
 
 
+_NUMPY = NumpyStandIns(_RULES, _InertObject)
+
+
 def _copyreg_reconstructor(cls: Any, base: Any, state: Any) -> Any:
     """Stand-in for copyreg._reconstructor, used by protocol-0/1 pickles of by-reference objects."""
-    if isinstance(cls, type) and issubclass(cls, _InertObject) and base is object and state is None:
-        return cls()
     if cls is _EasyDict and base is dict:
         return _EasyDict(state or {})
-    raise CheckpointError("The pickle calls copyreg._reconstructor on something other than a known class. "
-                          + _REFUSED)
-
-
-_INERT_CLASS_CACHE: dict[tuple[str, str], type] = {}
-
-
-def _inert_class(module: str, name: str) -> type:
-    key = (module, name)
-    if key not in _INERT_CLASS_CACHE:
-        _INERT_CLASS_CACHE[key] = type(name, (_InertObject,), {"pickle_module": module, "pickle_name": name})
-    return _INERT_CLASS_CACHE[key]
+    return _NUMPY.copyreg_reconstructor(cls, base, state)
 
 
 # Globals the outer pickle may name, mapped to what they become. Nothing here imports or runs pickle content.
+# numpy arrays, dtypes and scalars, _codecs.encode and object come from `_NUMPY`; copyreg._reconstructor is its
+# version plus EasyDict. (find_class maps the Python 2 module names first, so copy_reg is never looked up.)
 _OUTER_ALLOWED: dict[tuple[str, str], Any] = {
+    **_NUMPY.globals(),
+    ("copyreg", "_reconstructor"): _copyreg_reconstructor,
+    ("copy_reg", "_reconstructor"): _copyreg_reconstructor,
     ("torch_utils.persistence", "_reconstruct_persistent_obj"): _reconstruct_persistent_obj,
     ("dnnlib.util", "EasyDict"): _EasyDict,
     ("dnnlib", "EasyDict"): _EasyDict,
     ("collections", "OrderedDict"): OrderedDict,
     ("builtins", "set"): set,
     ("builtins", "frozenset"): frozenset,
-    ("builtins", "object"): object,
     ("builtins", "bytearray"): bytearray,
-    ("copyreg", "_reconstructor"): _copyreg_reconstructor,
-    ("_codecs", "encode"): _codecs_encode,
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
     ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
@@ -422,12 +320,6 @@ _OUTER_ALLOWED: dict[tuple[str, str], Any] = {
     ("torch.nn.parameter", "Parameter"): _TensorTypeMarker,
     ("torch", "device"): _torch_device,
     ("torch", "Size"): _torch_size,
-    ("numpy", "dtype"): _NumpyDType,
-    ("numpy", "ndarray"): _NdarrayMarker,
-    ("numpy.core.multiarray", "scalar"): _numpy_scalar,
-    ("numpy._core.multiarray", "scalar"): _numpy_scalar,
-    ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct,
-    ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct,
 }
 _OUTER_ALLOWED.update({("torch", name): dtype for name, dtype in _TORCH_DTYPES.items()})
 
@@ -552,7 +444,7 @@ class _NetworkUnpickler(pickle.Unpickler):
         # Any torch.nn container/activation pickled by reference (Sequential, ModuleList, Softplus, ...).
         if ((module, name) in _BY_REFERENCE_CLASSES
                 or (module.startswith("torch.nn.modules.") and module[17:].isidentifier() and name.isidentifier())):
-            return _inert_class(module, name)
+            return inert_class(_InertObject, module, name)
         raise _refuse(self._path, f"{module}.{name}")
 
     def persistent_load(self, pid: Any) -> Any:
@@ -724,12 +616,10 @@ def _to_plain(value: Any, depth: int = 0) -> Any:
         raise CheckpointError("A pickled value nests too deeply. " + _REFUSED)
     if value is None or isinstance(value, (bool, int, float, complex, str, bytes, torch.dtype)):
         return value
-    if isinstance(value, _NumpyScalar):
-        return value.value
-    if isinstance(value, _NumpyArray):
-        if value.array is None:
+    if isinstance(value, NumpyArray):
+        if value.value is None:
             raise _NotPlain
-        return value.array
+        return value.value
     if isinstance(value, _LazyTensor):
         return value.materialize()
     if isinstance(value, dict):  # dict, OrderedDict and EasyDict all become plain dicts

@@ -153,12 +153,40 @@ def _mesh_input(mesh: Optional[str], landmarks: Optional[str], default_v):
     return read_mesh_input(mesh, landmarks) if mesh else default_v()
 
 
-def _identity(generator, seed: int, psi: float, trunc_cutoff: int, device: str, cond=None):
+def _latent_option(f):
+    return click.option("--latent", type=click.Path(dir_okay=False),
+                        help="The avatar's ws (.npy [1, 28, 512]) that `next3d invert` wrote (DIR/latent.npy), "
+                             "instead of drawing them from the seed (--trunc is then unused). Use it with that "
+                             "avatar's --model DIR/avatar.safetensors.")(f)
+
+
+def _check_latent_seed(latent: Optional[str], seed_default: bool, flag: str) -> None:
+    """--latent fixes the avatar; a seed other than the default would ask for another one."""
+    if latent and not seed_default:
+        raise click.BadParameter(f"--latent gives the avatar's ws, and {flag} would draw different ones; give "
+                                 f"either --latent or {flag}, not both.", param_hint=f"--latent / {flag}")
+
+
+def _load_latent(latent: str, generator):
+    from .inversion.avatar_files import load_latent
+
+    try:
+        return load_latent(latent, generator)
+    except Next3DError as exc:
+        raise click.BadParameter(str(exc), param_hint="--latent") from None
+
+
+def _identity(generator, seed: int, psi: float, trunc_cutoff: int, device: str, cond=None,
+              latent: Optional[str] = None):
     import torch
 
     from .rendering.camera import ffhq_camera
     from .sampling import latent_from_seed
 
+    if latent:
+        ws = _load_latent(latent, generator)
+        with torch.no_grad():
+            return ws, generator.make_identity(ws)
     cond = ffhq_camera() if cond is None else cond
     with torch.no_grad():
         z = latent_from_seed(seed, generator.config.z_dim).to(device)
@@ -227,10 +255,11 @@ def _set_sample_mult(generator, mult: float) -> None:
 @click.option("--image-mode", type=click.Choice(["image", "image_raw", "image_depth"]), default="image",
               show_default=True, help="Sequence mode: final image, raw 64px render, or normalized depth.")
 @click.option("--quiet", is_flag=True, help="Sequence mode: no progress bar.")
+@_latent_option
 @_threads_option
 def render(model, seed, psi, trunc_cutoff, yaw, pitch, fov, mesh, landmarks, sample_seed, device, out, sequence,
            out_dir, frame_range, batch, overwrite, fps, camera, flame_model, smooth_camera, no_video, image_mode,
-           quiet, threads) -> None:
+           quiet, latent, threads) -> None:
     """Render one frame of an avatar (--out), or every frame of an animation (--sequence + --out-dir).
 
     Sequences resume: frames already in --out-dir are skipped, so run the same command again after an
@@ -241,10 +270,15 @@ def render(model, seed, psi, trunc_cutoff, yaw, pitch, fov, mesh, landmarks, sam
 
     \b
     Example: next3d render --model next3d_ffhq_512.pkl --sequence drive/ --camera drive/dataset.json --out-dir frames/
+
+    \b
+    Example (an avatar from `next3d invert`):
+             next3d render --model me/avatar.safetensors --latent me/latent.npy --mesh me/mesh.npy --out frame.png
     """
     from .io.images import ensure_writable_dir
 
     _set_threads(threads)
+    _check_latent_seed(latent, seed == 0, "--seed")
     if sequence is None:
         if out is None:
             raise click.UsageError("Give --out frame.png for one frame, or --sequence PATH --out-dir DIR for an "
@@ -256,7 +290,8 @@ def render(model, seed, psi, trunc_cutoff, yaw, pitch, fov, mesh, landmarks, sam
                 raise click.BadParameter(f"{flag} applies to sequences only; add --sequence PATH --out-dir DIR, or "
                                          f"drop {flag}.", param_hint=flag)
         ensure_writable_dir(Path(out).resolve().parent)
-        _render_single(model, seed, psi, trunc_cutoff, yaw, pitch, fov, mesh, landmarks, sample_seed, device, out)
+        _render_single(model, seed, psi, trunc_cutoff, yaw, pitch, fov, mesh, landmarks, sample_seed, device, out,
+                       latent)
         return
 
     if out is not None:
@@ -294,12 +329,14 @@ def render(model, seed, psi, trunc_cutoff, yaw, pitch, fov, mesh, landmarks, sam
     ensure_writable_dir(out_dir)
 
     generator, _ = _load_model(model, device)
-    _, identity = _identity(generator, seed, psi, trunc_cutoff, device)
+    _, identity = _identity(generator, seed, psi, trunc_cutoff, device, latent=latent)
     settings = {"kind": "render --sequence", "model": _model_key(model), "seed": seed, "trunc": psi,
                 "trunc_cutoff": trunc_cutoff, "sequence": str(Path(sequence).resolve()), "camera": camera or "auto",
                 "flame_model": _model_key(flame_model) if flame_model else None,
                 "smooth_camera": smooth_camera, "yaw": yaw, "pitch": pitch, "fov": fov, "sample_seed": sample_seed,
                 "image_mode": image_mode}
+    if latent:  # only then, so settings of renders from seeds stay as they were (resume compares them)
+        settings["latent"] = _model_key(latent)
     click.echo(f"{source.description}: {len(source)} frames, {track.description}", err=True)
     result = render_sequence(generator, identity, source, out_dir, frame_range=frame_range, batch_size=batch,
                              overwrite=overwrite, seed=sample_seed, progress=not quiet, write_video=not no_video,
@@ -321,7 +358,8 @@ def _load_flame(path: Optional[str]):
         raise click.BadParameter(str(exc), param_hint="--flame-model") from None
 
 
-def _render_single(model, seed, psi, trunc_cutoff, yaw, pitch, fov, mesh, landmarks, sample_seed, device, out):
+def _render_single(model, seed, psi, trunc_cutoff, yaw, pitch, fov, mesh, landmarks, sample_seed, device, out,
+                   latent=None):
     import torch
 
     from .io.images import to_uint8, write_png
@@ -329,7 +367,7 @@ def _render_single(model, seed, psi, trunc_cutoff, yaw, pitch, fov, mesh, landma
 
     generator, default_v = _load_model(model, device)
     v = _mesh_input(mesh, landmarks, default_v)
-    _, identity = _identity(generator, seed, psi, trunc_cutoff, device)
+    _, identity = _identity(generator, seed, psi, trunc_cutoff, device, latent=latent)
     with torch.no_grad():
         rng = torch.Generator(device=device).manual_seed(sample_seed)
         out_frame = generator.render_frame(identity, v.to(device), ffhq_camera(yaw, pitch, fov)[None].to(device),
@@ -365,9 +403,10 @@ def _render_single(model, seed, psi, trunc_cutoff, yaw, pitch, fov, mesh, landma
 @click.option("--keep-frames", is_flag=True, help="Keep the frame PNGs after the video is written.")
 @click.option("--overwrite", is_flag=True, help="Re-render frames left in --frames-dir by an earlier run.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@_latent_option
 @_threads_option
 def video(model, seeds, frames, psi, trunc_cutoff, mesh, landmarks, fps, image_mode, sample_mult, sample_seed, batch,
-          device, out, frames_dir, keep_frames, overwrite, quiet, threads) -> None:
+          device, out, frames_dir, keep_frames, overwrite, quiet, latent, threads) -> None:
     """Orbit video of avatars on one fixed mesh, as the official gen_videos script (camera yaw 0.35 and pitch
     0.25 radians about the frontal view, two orbits per video).
 
@@ -385,6 +424,7 @@ def video(model, seeds, frames, psi, trunc_cutoff, mesh, landmarks, fps, image_m
     from .sequence.video import VIDEO_SUFFIXES
 
     _set_threads(threads)
+    _check_latent_seed(latent, seeds == [0], "--seeds")
     out_path = Path(out)
     if out_path.suffix.lower() not in VIDEO_SUFFIXES:
         raise click.BadParameter(f"the video name must end in {' or '.join(VIDEO_SUFFIXES)}, e.g. orbit.mp4.",
@@ -401,7 +441,7 @@ def video(model, seeds, frames, psi, trunc_cutoff, mesh, landmarks, fps, image_m
     n_frames = len(seeds) * frames
     cameras = OrbitCamera(n_frames, radius=cfg.avg_camera_radius, pivot=cfg.avg_camera_pivot)
     if len(seeds) == 1:
-        _, identity = _identity(generator, seeds[0], psi, trunc_cutoff, device, cond)
+        _, identity = _identity(generator, seeds[0], psi, trunc_cutoff, device, cond, latent=latent)
         ws_of = None
     else:
         import scipy.interpolate
@@ -421,6 +461,8 @@ def video(model, seeds, frames, psi, trunc_cutoff, mesh, landmarks, fps, image_m
     settings = {"kind": "video", "model": _model_key(model), "seeds": seeds, "frames": frames, "trunc": psi,
                 "trunc_cutoff": trunc_cutoff, "mesh": str(Path(mesh).resolve()) if mesh else None,
                 "image_mode": image_mode, "sample_mult": sample_mult, "sample_seed": sample_seed}
+    if latent:
+        settings["latent"] = _model_key(latent)
     click.echo(f"{n_frames} frames ({len(seeds)} seeds x {frames}) into {frames_dir}", err=True)
     result = render_sequence(generator, identity, source, frames_dir, batch_size=batch, seed=sample_seed,
                              overwrite=overwrite,
@@ -461,8 +503,9 @@ def _latent(seed: int, z_dim: int):
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output mesh: .ply, .obj or .glb.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@_latent_option
 @_threads_option
-def mesh(model, seed, psi, trunc_cutoff, mesh, landmarks, resolution, level, units, device, out, quiet,
+def mesh(model, seed, psi, trunc_cutoff, mesh, landmarks, resolution, level, units, device, out, quiet, latent,
          threads) -> None:
     """Extract the avatar's surface, for one expression, as a triangle mesh with vertex colours (marching cubes
     on the density field).
@@ -484,11 +527,12 @@ def mesh(model, seed, psi, trunc_cutoff, mesh, landmarks, resolution, level, uni
     if Path(out).suffix.lower() not in SUFFIXES:
         raise click.BadParameter(f"the mesh name must end in {', '.join(SUFFIXES)}, e.g. head.ply.",
                                  param_hint="--out")
+    _check_latent_seed(latent, seed == 0, "--seed")
     _set_threads(threads)
     ensure_writable_dir(Path(out).resolve().parent)
     generator, default_v = _load_model(model, device)
     v = _mesh_input(mesh, landmarks, default_v)
-    _, identity = _identity(generator, seed, psi, trunc_cutoff, device)
+    _, identity = _identity(generator, seed, psi, trunc_cutoff, device, latent=latent)
     bar = None
     if not quiet:
         from tqdm import tqdm
@@ -573,6 +617,18 @@ def _register_training_commands() -> None:
 
 
 _register_training_commands()
+
+
+def _register_application_commands() -> None:
+    """`invert` (core/inversion/cli.py) and `stylize` (core/stylize/cli.py) live beside their code."""
+    from .inversion.cli import invert_command
+    from .stylize.cli import stylize_command
+
+    main.add_command(invert_command, "invert")
+    main.add_command(stylize_command, "stylize")
+
+
+_register_application_commands()
 
 
 if __name__ == "__main__":

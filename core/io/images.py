@@ -49,3 +49,30 @@ def write_png(path: Union[str, os.PathLike], pixels: np.ndarray) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def read_image(path: Union[str, os.PathLike]) -> np.ndarray:
+    """An image file (PNG, JPEG, ...) as [H, W, 3] uint8 RGB: grey is repeated, alpha is dropped, 16-bit is scaled."""
+    import imageio.v3 as iio
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"The image {str(path)!r} does not exist; give the path of a PNG or JPEG file.")
+    try:
+        pixels = np.asarray(iio.imread(path))
+    except Exception as exc:  # noqa: BLE001 - imageio raises many kinds for unreadable files
+        raise InputError(f"The image {str(path)!r} cannot be read ({exc}); give a PNG or JPEG file.") from None
+    if pixels.ndim == 4:  # animated GIF/WebP: the first frame
+        pixels = pixels[0]
+    if pixels.ndim == 2:
+        pixels = pixels[..., None]
+    if pixels.ndim != 3 or pixels.shape[2] not in (1, 2, 3, 4) or min(pixels.shape[:2]) < 8:
+        raise InputError(f"The image {str(path)!r} has shape {list(pixels.shape)}; expected a colour or grey picture "
+                         "at least 8 pixels on a side.")
+    if pixels.dtype == np.uint16:
+        pixels = (pixels.astype(np.float32) / 257.0).round().astype(np.uint8)
+    elif pixels.dtype != np.uint8:
+        pixels = np.clip(pixels.astype(np.float32), 0, 255).astype(np.uint8)
+    if pixels.shape[2] in (1, 2):
+        pixels = np.repeat(pixels[..., :1], 3, axis=2)
+    return np.ascontiguousarray(pixels[..., :3])

@@ -1,0 +1,194 @@
+"""The `next3d invert` command: a one-shot avatar from a portrait (preprocessing, then pivotal tuning inversion).
+
+core/cli.py registers it on the `next3d` group: main.add_command(invert_command, "invert"). Heavy imports happen
+inside the command so `--help` stays fast; engine errors (Next3DError) become a one-line message (exit code 2).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+__all__ = ["invert_command"]
+
+
+def _read_camera(path: str):
+    """[25] camera label: core.portrait's reader when installed, else an .npy of 25 values or {"camera": [25]}."""
+    import json
+
+    import numpy as np
+    import torch
+
+    from ..errors import InputError
+
+    try:
+        from ..portrait import read_camera_file
+    except ImportError:
+        read_camera_file = None
+    if read_camera_file is not None:
+        return read_camera_file(path).reshape(-1)[:25].to(torch.float32)
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"The camera file {path!r} does not exist; give an .npy of 25 values or a .json "
+                         "{\"camera\": [25 values]}.")
+    try:
+        if p.suffix.lower() == ".npy":
+            data = np.load(p, allow_pickle=False)
+        else:
+            data = json.loads(p.read_text(encoding="utf-8"))
+            data = data.get("camera") if isinstance(data, dict) else data
+        values = np.asarray(data, dtype=np.float32).reshape(-1)
+    except (OSError, ValueError, TypeError) as exc:
+        raise InputError(f"The camera file {path} cannot be read ({exc}); give an .npy of 25 values or a .json "
+                         "{\"camera\": [25 values]}.") from None
+    if values.size != 25 or not np.isfinite(values).all():
+        raise InputError(f"The camera file {path} holds {values.size} values; a camera label is 25 finite numbers "
+                         "(cam2world 4x4 then normalized intrinsics 3x3).")
+    return torch.from_numpy(values)
+
+
+def _aligned_target(pixels, resolution: int, source: str):
+    """An already aligned portrait [H, W, 3] uint8 -> [1, 3, R, R] in [-1, 1] (antialiased resize)."""
+    import torch
+    import torch.nn.functional as F
+
+    from ..errors import InputError
+
+    h, w = pixels.shape[:2]
+    if abs(h - w) > 0.01 * max(h, w):
+        raise InputError(f"{source} is {w}x{h} pixels; an aligned portrait (given with --camera and --mesh) must be "
+                         "a square crop. Crop it, or leave out --mesh to let preprocessing align it.")
+    x = torch.from_numpy(pixels).permute(2, 0, 1)[None].to(torch.float32) / 127.5 - 1
+    if (h, w) != (resolution, resolution):
+        x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False, antialias=True)
+    return x
+
+
+@click.command("invert")
+@click.argument("portrait", type=click.Path(dir_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Avatar folder: avatar.safetensors, latent.npy, camera.npy, mesh.npy, reconstruction.png, "
+                   "target.png, avatar.json.")
+@click.option("--model", type=click.Path(dir_okay=False), help="Official .pkl or .safetensors (default: bundled).")
+@click.option("--flame-model", type=click.Path(dir_okay=False),
+              help="FLAME model for the landmark fit (generic_model.pkl or its .npz; default: the built-in head). It "
+                   "must be the head the generator was built on.")
+@click.option("--landmarks", type=click.Path(dir_okay=False),
+              help="68 landmarks of the portrait in image pixels (.npy/.txt/.json) instead of detecting them.")
+@click.option("--camera", type=click.Path(dir_okay=False),
+              help="Camera label of the portrait (.npy [25], .json) instead of estimating it. With --mesh too, the "
+                   "image is taken as already aligned and only resized.")
+@click.option("--mesh", type=click.Path(dir_okay=False),
+              help="Generator mesh input of the portrait ([5091, 3] .npy/.txt, or .obj + _kpt2d.txt); needs --camera.")
+@click.option("--vgg16", type=click.Path(dir_okay=False),
+              help="torchvision VGG16 state dict (.pth/.safetensors) for the perceptual (LPIPS) loss. Without it "
+                   "the pixel and SSIM losses are used.")
+@click.option("--lpips", type=click.Path(dir_okay=False),
+              help="LPIPS lin weights for VGG (vgg.pth of the LPIPS release); needs --vgg16.")
+@click.option("--latent-steps", default=450, show_default=True, type=click.IntRange(min=0),
+              help="Steps of phase 1 (optimize the 28 ws).")
+@click.option("--tune-steps", default=500, show_default=True, type=click.IntRange(min=0),
+              help="Steps of phase 2 (fine-tune the generator at those ws).")
+@click.option("--seed", default=0, show_default=True, help="Seed of the renderer's depth samples and the ws noise.")
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch.")
+@click.option("--overwrite", is_flag=True, help="Replace an avatar already in --out.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def invert_command(portrait, out, model, flame_model, landmarks, camera, mesh, vgg16, lpips, latent_steps,
+                   tune_steps, seed, device, threads, overwrite, quiet) -> None:
+    """One-shot avatar from a portrait photo by pivotal tuning inversion: detect and fit the face, optimize the
+    avatar's ws (phase 1), then fine-tune the generator at those ws (phase 2). The result animates like any avatar.
+
+    Ctrl-C stops the inversion; nothing is saved then.
+
+    \b
+    Example: next3d invert photo.jpg --out avatars/me --model next3d_ffhq_512.pkl --flame-model generic_model.pkl
+             --vgg16 vgg16.pth --lpips vgg.pth
+    """
+    import torch
+
+    from ..cli import _load_flame, _load_model, _model_key, _set_threads
+    from ..errors import Next3DError
+    from ..io.images import read_image
+    from ..io.mesh_files import read_mesh_input
+    from .avatar_files import check_avatar_folder, save_avatar
+    from .perceptual import load_perceptual
+    from .pti import invert
+
+    _set_threads(threads)
+    if lpips and not vgg16:
+        raise click.BadParameter("the LPIPS weights work on a VGG16; add --vgg16 PATH.", param_hint="--lpips")
+    if mesh and not camera:
+        raise click.BadParameter("--mesh gives an aligned portrait's mesh; add its --camera too, or drop --mesh to "
+                                 "fit the mesh to the photo.", param_hint="--mesh")
+    if landmarks and camera and mesh:
+        raise click.BadParameter("--landmarks are not used when --camera and --mesh describe an aligned portrait; "
+                                 "drop one of them.", param_hint="--landmarks")
+    out_dir = check_avatar_folder(out, overwrite)
+    pixels = read_image(portrait)
+    perceptual = None
+    if vgg16:
+        try:
+            perceptual = load_perceptual(vgg16, lpips, device)
+        except Next3DError as exc:
+            raise click.BadParameter(str(exc), param_hint="--lpips" if lpips and Path(lpips).name in str(exc)
+                                     else "--vgg16") from None
+    generator, _ = _load_model(model, device)
+    res = generator.config.image_resolution
+
+    portrait_result = None
+    if camera and mesh:
+        target = _aligned_target(pixels, res, portrait)
+        cam = _read_camera(camera)[None]
+        mesh_input = read_mesh_input(mesh, n_vertices=generator.config.n_vertices,
+                                     n_landmarks=generator.config.n_landmarks)
+    else:
+        try:
+            from ..portrait import preprocess_portrait, read_camera_file, read_landmarks_file
+        except ImportError as exc:
+            raise click.UsageError(f"Portrait preprocessing is not available in this installation ({exc}). Give an "
+                                   "aligned portrait with its --camera and --mesh instead.") from None
+
+        flame = _load_flame(flame_model)
+        click.echo("preprocessing the portrait (landmarks, crop, camera, FLAME fit)", err=True)
+        portrait_result = preprocess_portrait(pixels, flame, resolution=res,
+                                              landmarks=read_landmarks_file(landmarks) if landmarks else None,
+                                              camera=read_camera_file(camera) if camera else None,
+                                              source=str(portrait))
+        click.echo(f"landmark fit error {portrait_result.fit_error_px:.2f} px", err=True)
+        target = _aligned_target(portrait_result.image, res, portrait)
+        cam = portrait_result.camera.reshape(1, -1)[:, :25].to(torch.float32)
+        mesh_input = portrait_result.mesh_input.to(torch.float32)
+    generator.split_mesh(mesh_input)  # a mesh of another head fails here, before the long part
+
+    bar = None
+    if not quiet:
+        from tqdm import tqdm
+        bar = tqdm(total=latent_steps + tune_steps, desc="inverting", dynamic_ncols=True, file=sys.stderr)
+
+    def on_step(entry) -> None:
+        if bar is not None:
+            bar.set_postfix_str(f"{entry.phase} psnr {entry.psnr:.2f} dB", refresh=False)
+            bar.update(1)
+
+    try:
+        result = invert(generator, target, cam, mesh_input, latent_steps=latent_steps, tune_steps=tune_steps,
+                        perceptual=perceptual, seed=seed, on_step=on_step)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"Interrupted: the inversion stopped; nothing was saved in {out_dir}.") from None
+    finally:
+        if bar is not None:
+            bar.close()
+    for warning in result.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    save_avatar(out_dir, result, portrait=portrait_result, source_image=portrait, overwrite=overwrite,
+                extra_info={"model": _model_key(model)})
+    click.echo(f"wrote {out_dir}: PSNR {result.psnr_start:.2f} dB at the start, {result.psnr_latent:.2f} dB after "
+               f"{result.latent_steps} latent steps, {result.psnr_tuned:.2f} dB after {result.tune_steps} tuning "
+               "steps")
+    d = out_dir
+    click.echo(f"animate it: next3d render --model {d / 'avatar.safetensors'} --latent {d / 'latent.npy'} "
+               f"--mesh {d / 'mesh.npy'} --sample-seed {seed} --out frame.png   (or --sequence DRIVE --out-dir "
+               "frames/)")

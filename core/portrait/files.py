@@ -1,0 +1,138 @@
+"""Portrait files: the preprocessing result as a folder, and the camera files a user can give.
+
+A portrait folder holds:
+    crop.png            the aligned crop
+    landmarks.txt       68 iBUG landmarks in crop pixels (x y per line)
+    irises.txt          10 iris points in crop pixels, when they were detected
+    camera.npy          [25] camera label of the crop
+    mesh.npy            [V + 68, 3] the generator's mesh input
+    portrait.json       the FLAME parameters, fit errors, crop square in the source photo, warnings
+Every file is written to a temporary name and renamed, so an interrupted save leaves no half-written file.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from ..flame.params import FlameParams
+from ..io.images import read_image, write_png
+from .crop import Crop
+
+__all__ = ["save_portrait", "load_portrait", "read_camera_file"]
+
+PathLike = Union[str, os.PathLike]
+
+
+def _atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=path.suffix)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+    return buf.getvalue()
+
+
+def _txt(points: np.ndarray) -> bytes:
+    return "".join(f"{x:.3f} {y:.3f}\n" for x, y in np.asarray(points).reshape(-1, 2)).encode("ascii")
+
+
+def save_portrait(folder: PathLike, portrait) -> Path:
+    """Write a Portrait (core.portrait.preprocess) to `folder` (created when missing)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_png(folder / "crop.png", portrait.image)
+    _atomic(folder / "landmarks.txt", _txt(portrait.landmarks))
+    if portrait.eye_landmarks is not None:
+        _atomic(folder / "irises.txt", _txt(portrait.eye_landmarks))
+    _atomic(folder / "camera.npy", _npy(portrait.camera.detach().cpu().reshape(-1).numpy().astype(np.float32)))
+    _atomic(folder / "mesh.npy", _npy(portrait.mesh_input.detach().cpu()[0].numpy().astype(np.float32)))
+    info = {
+        "flame": {k: v[0].tolist() for k, v in portrait.flame.to_dict().items()},
+        "fit_error_px": portrait.fit_error_px, "eye_error_px": portrait.eye_error_px,
+        "resolution": int(portrait.image.shape[0]),
+        "crop": portrait.crop.to_dict() if portrait.crop is not None else None,
+        "warnings": list(portrait.warnings),
+    }
+    _atomic(folder / "portrait.json", (json.dumps(info, indent=2) + "\n").encode("utf-8"))
+    return folder
+
+
+def load_portrait(folder: PathLike):
+    """Read a folder written by save_portrait back into a Portrait."""
+    from .preprocess import Portrait
+
+    folder = Path(folder)
+    needed = ("crop.png", "landmarks.txt", "camera.npy", "mesh.npy", "portrait.json")
+    missing = [name for name in needed if not (folder / name).is_file()]
+    if missing:
+        raise InputError(f"{folder} is not a portrait folder: {', '.join(missing)} missing. Preprocess the photo "
+                         "again (next3d invert writes one under AVATAR/portrait/).")
+    info = json.loads((folder / "portrait.json").read_text(encoding="utf-8"))
+    irises = folder / "irises.txt"
+    crop = info.get("crop")
+    return Portrait(
+        image=read_image(folder / "crop.png"),
+        landmarks=np.loadtxt(folder / "landmarks.txt", dtype=np.float32, ndmin=2),
+        eye_landmarks=np.loadtxt(irises, dtype=np.float32, ndmin=2).reshape(2, 5, 2) if irises.is_file() else None,
+        camera=torch.from_numpy(np.load(folder / "camera.npy", allow_pickle=False)),
+        flame=FlameParams.from_dict(info["flame"]),
+        mesh_input=torch.from_numpy(np.load(folder / "mesh.npy", allow_pickle=False))[None],
+        fit_error_px=float(info["fit_error_px"]),
+        eye_error_px=info.get("eye_error_px"),
+        crop=Crop(np.array(crop["centre"]), np.array(crop["x_axis"])) if crop else None,
+        warnings=list(info.get("warnings", [])),
+    )
+
+
+def read_camera_file(path: PathLike) -> torch.Tensor:
+    """A camera label [25] from .npy (25 values, or a [4, 4] cam2world with the FFHQ intrinsics added) or .json:
+    a list of 25, {"camera": [...]}, or an EG3D dataset.json {"labels": [[name, [25]]]} with one image."""
+    from ..rendering.camera import FFHQ_FOV_DEG, camera_label, fov_to_intrinsics
+
+    p = Path(path)
+    fix = ("give a camera label as .npy (25 values: cam2world 4x4 then normalized intrinsics 3x3, or a 4x4 "
+           "cam2world) or .json ([25 values], {\"camera\": [...]}, or a dataset.json with one label)")
+    if not p.is_file():
+        raise InputError(f"The camera file {str(p)!r} does not exist; {fix}.")
+    try:
+        if p.suffix.lower() == ".npy":
+            data = np.load(p, allow_pickle=False)
+        else:
+            data = json.loads(p.read_text(encoding="utf-8"))
+            if isinstance(data, dict) and "labels" in data:
+                labels = data["labels"]
+                if not isinstance(labels, list) or len(labels) != 1:
+                    raise InputError(f"The camera file {p} is a dataset.json with {len(labels)} labels; a portrait "
+                                     f"needs one camera. {fix[0].upper() + fix[1:]}.")
+                data = labels[0][1]
+            elif isinstance(data, dict):
+                data = data.get("camera")
+        values = np.asarray(data, dtype=np.float32)
+    except (OSError, ValueError, TypeError, IndexError) as exc:
+        if isinstance(exc, InputError):
+            raise
+        raise InputError(f"The camera file {p} cannot be read ({exc}); {fix}.") from None
+    if values.shape == (4, 4):
+        values = camera_label(torch.from_numpy(values), fov_to_intrinsics(FFHQ_FOV_DEG)).numpy()
+    values = values.reshape(-1)
+    if values.size != 25 or not np.isfinite(values).all():
+        raise InputError(f"The camera file {p} holds {values.size} values; {fix}.")
+    return torch.from_numpy(values.astype(np.float32))

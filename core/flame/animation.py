@@ -26,15 +26,15 @@ import json
 import math
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 import torch
 
 from ..errors import InputError
+from ..io.atomic import atomic_write, write_bytes_atomic
 from ..io.mesh_files import read_mesh_input
 from .params import PARAM_FIELDS, FlameParams
 
@@ -98,19 +98,6 @@ class FlameSequence:
 # ----------------------------------------------------------------------------------------------------------------
 # Writing
 
-def _atomic_write(path: Path, write: Callable[[Any], None], binary: bool) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as fh:
-            write(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _numbers(arr: np.ndarray) -> list:
     # The shortest decimal that reads back as the same float32: exact round trips, readable files.
     return [float(s) for s in np.asarray(arr, dtype=np.float32).astype(str)]
@@ -151,10 +138,10 @@ def save_sequence(path: PathLike, seq: FlameSequence) -> Path:
                       fps=np.array(seq.fps, dtype=np.float64))
         if seq.cameras is not None:
             arrays["cameras"] = seq.cameras.numpy().astype(np.float32)
-        _atomic_write(path, lambda fh: np.savez(fh, **arrays), binary=True)
+        atomic_write(path, lambda fh: np.savez(fh, **arrays))
     elif suffix == ".json":
         text = _json_text(seq)
-        _atomic_write(path, lambda fh: fh.write(text), binary=False)
+        write_bytes_atomic(path, text.encode("utf-8"))
     else:
         raise InputError(f"Cannot write an animation to {path.name}: use a .npz or .json file name.")
     return path

@@ -26,7 +26,6 @@ components, J = 5 joints):
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Optional, Union
@@ -34,6 +33,7 @@ from typing import Optional, Union
 import numpy as np
 
 from ..errors import InputError
+from ..io.atomic import atomic_write
 
 __all__ = ["FlameModelData", "load_model_data", "save_model_data", "N_JOINTS", "N_LANDMARKS",
            "N_CONTOUR_LANDMARKS", "N_DYNAMIC_YAWS", "JOINT_NAMES", "FLAME_PARENTS"]
@@ -221,15 +221,7 @@ def save_model_data(path: PathLike, data: FlameModelData) -> Path:
     """Write `data` to `path` (.npz, uncompressed, no pickled objects), atomically (temporary file + rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **data.to_arrays())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda fh: np.savez(fh, **data.to_arrays()))
     return path
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..io.atomic import npy_bytes, write_bytes_atomic
 from ..io.images import ensure_writable_dir, to_uint8, write_png
 from ..networks.next3d import Next3DGenerator
 from .pti import InversionResult
@@ -59,28 +59,6 @@ def check_avatar_folder(folder: PathLike, overwrite: bool = False) -> Path:
     return ensure_writable_dir(folder)
 
 
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=path.suffix)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _npy_bytes(array: np.ndarray) -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
-    return buf.getvalue()
-
-
 def save_avatar(folder: PathLike, result: InversionResult, *, portrait: Any = None,
                 source_image: Optional[PathLike] = None, overwrite: bool = False,
                 extra_info: Optional[Dict[str, Any]] = None) -> Path:
@@ -98,10 +76,10 @@ def save_avatar(folder: PathLike, result: InversionResult, *, portrait: Any = No
     # avatar.json goes first out and last in, so a folder interrupted while saving never looks complete.
     (folder / "avatar.json").unlink(missing_ok=True)
     save_generator(folder / "avatar.safetensors", result.generator)
-    _atomic_bytes(folder / "latent.npy", _npy_bytes(result.ws.detach().cpu().numpy().astype(np.float32)))
-    _atomic_bytes(folder / "camera.npy", _npy_bytes(result.camera.detach().cpu().reshape(-1)[:25].numpy()
+    write_bytes_atomic(folder / "latent.npy", npy_bytes(result.ws.detach().cpu().numpy().astype(np.float32)))
+    write_bytes_atomic(folder / "camera.npy", npy_bytes(result.camera.detach().cpu().reshape(-1)[:25].numpy()
                                                    .astype(np.float32)))
-    _atomic_bytes(folder / "mesh.npy", _npy_bytes(result.mesh_input.detach().cpu()[0].numpy().astype(np.float32)))
+    write_bytes_atomic(folder / "mesh.npy", npy_bytes(result.mesh_input.detach().cpu()[0].numpy().astype(np.float32)))
     write_png(folder / "reconstruction.png", to_uint8(result.image[0]))
     write_png(folder / "target.png", to_uint8(result.target[0]))
     if portrait is not None:
@@ -122,7 +100,7 @@ def save_avatar(folder: PathLike, result: InversionResult, *, portrait: Any = No
         "fit_error_px": float(portrait.fit_error_px) if portrait is not None else None,
     }
     info.update(extra_info or {})
-    _atomic_bytes(folder / "avatar.json", (json.dumps(info, indent=2, default=str) + "\n").encode("utf-8"))
+    write_bytes_atomic(folder / "avatar.json", (json.dumps(info, indent=2, default=str) + "\n").encode("utf-8"))
     return folder
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from .atomic import write_bytes_atomic
 
 
 def to_uint8(image: torch.Tensor) -> np.ndarray:
@@ -33,22 +34,10 @@ def ensure_writable_dir(path: Union[str, os.PathLike]) -> Path:
 
 
 def write_png(path: Union[str, os.PathLike], pixels: np.ndarray) -> None:
-    """Write a PNG atomically: to a temporary name in the same folder, then rename, so a crash never leaves a
-    half-written frame behind."""
+    """Write a PNG atomically (core.io.atomic), so a crash never leaves a half-written frame behind."""
     import imageio.v3 as iio
 
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".png")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(iio.imwrite("<bytes>", pixels, extension=".png"))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_bytes_atomic(path, iio.imwrite("<bytes>", pixels, extension=".png"))
 
 
 def read_image(path: Union[str, os.PathLike]) -> np.ndarray:

@@ -7,15 +7,13 @@ A portrait folder holds:
     camera.npy          [25] camera label of the crop
     mesh.npy            [V + 68, 3] the generator's mesh input
     portrait.json       the FLAME parameters, fit errors, crop square in the source photo, warnings
-Every file is written to a temporary name and renamed, so an interrupted save leaves no half-written file.
+Every file is written atomically (core.io.atomic), so an interrupted save leaves no half-written file.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Union
 
@@ -24,30 +22,13 @@ import torch
 
 from ..errors import InputError
 from ..flame.params import FlameParams
+from ..io.atomic import npy_bytes, write_bytes_atomic
 from ..io.images import read_image, write_png
 from .crop import Crop
 
 __all__ = ["save_portrait", "load_portrait", "read_camera_file"]
 
 PathLike = Union[str, os.PathLike]
-
-
-def _atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=path.suffix)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _npy(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
-    return buf.getvalue()
 
 
 def _txt(points: np.ndarray) -> bytes:
@@ -59,11 +40,11 @@ def save_portrait(folder: PathLike, portrait) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     write_png(folder / "crop.png", portrait.image)
-    _atomic(folder / "landmarks.txt", _txt(portrait.landmarks))
+    write_bytes_atomic(folder / "landmarks.txt", _txt(portrait.landmarks))
     if portrait.eye_landmarks is not None:
-        _atomic(folder / "irises.txt", _txt(portrait.eye_landmarks))
-    _atomic(folder / "camera.npy", _npy(portrait.camera.detach().cpu().reshape(-1).numpy().astype(np.float32)))
-    _atomic(folder / "mesh.npy", _npy(portrait.mesh_input.detach().cpu()[0].numpy().astype(np.float32)))
+        write_bytes_atomic(folder / "irises.txt", _txt(portrait.eye_landmarks))
+    write_bytes_atomic(folder / "camera.npy", npy_bytes(portrait.camera.detach().cpu().reshape(-1).numpy().astype(np.float32)))
+    write_bytes_atomic(folder / "mesh.npy", npy_bytes(portrait.mesh_input.detach().cpu()[0].numpy().astype(np.float32)))
     info = {
         "flame": {k: v[0].tolist() for k, v in portrait.flame.to_dict().items()},
         "fit_error_px": portrait.fit_error_px, "eye_error_px": portrait.eye_error_px,
@@ -71,7 +52,7 @@ def save_portrait(folder: PathLike, portrait) -> Path:
         "crop": portrait.crop.to_dict() if portrait.crop is not None else None,
         "warnings": list(portrait.warnings),
     }
-    _atomic(folder / "portrait.json", (json.dumps(info, indent=2) + "\n").encode("utf-8"))
+    write_bytes_atomic(folder / "portrait.json", (json.dumps(info, indent=2) + "\n").encode("utf-8"))
     return folder
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 import re
 import signal
 import sys
@@ -32,6 +31,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..io.atomic import write_bytes_atomic
 from ..io.images import ensure_writable_dir, to_uint8, write_png
 from ..io.mesh_files import read_mesh_input
 from ..networks.next3d import AvatarIdentity, Next3DGenerator
@@ -454,15 +454,7 @@ def _check_settings(out_dir: Path, settings: Optional[dict], overwrite: bool) ->
                  if old.get(k) != settings.get(k)]
         raise InputError(f"{out_dir} holds frames rendered with other settings ({'; '.join(diffs[:4])}). Use "
                          "--overwrite (overwrite=True) to replace them, or choose another output folder.")
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".next3d_sequence-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(settings, fh, indent=1, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_bytes_atomic(path, json.dumps(settings, indent=1, sort_keys=True).encode("utf-8"))
 
 
 def _remove_stale_temps(out_dir: Path, numbers: Sequence[int]) -> None:

@@ -31,7 +31,6 @@ import io
 import json
 import math
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +42,7 @@ import torch.nn.functional as F
 
 from ..errors import InputError
 from ..geometry.ellipsoid_head import CENTRE, ellipsoid_head
+from ..io.atomic import atomic_write, write_bytes_atomic
 from ..networks.next3d import Topology
 from ..rendering.camera import FFHQ_PIVOT, FFHQ_RADIUS, camera_label, look_at_cam2world
 from .mesh_render import rasterize_mesh, vertex_normals
@@ -594,34 +594,21 @@ def render_head(head: HeadSample, sampler: HeadSampler, c: torch.Tensor, appeara
 
 def write_npz_deterministic(path: PathLike, arrays: Dict[str, np.ndarray]) -> None:
     """Like np.savez, but byte-identical for identical arrays (fixed zip timestamps) and written atomically."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".npz")
-    os.close(fd)
-    try:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
+
+    def write(fh) -> None:
+        with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_STORED) as zf:
             for name, value in arrays.items():
                 buf = io.BytesIO()
                 np.lib.format.write_array(buf, np.asarray(value), allow_pickle=False)
                 info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
                 info.external_attr = 0o644 << 16
                 zf.writestr(info, buf.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+    atomic_write(path, write)
 
 
 def _write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=path.suffix)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def image_name(index: int) -> str:

@@ -9,10 +9,14 @@ unchanged (worker.py's wire format). Job kinds:
   "preview"  one frame -> emits "image" with the pixels (no file).
   "mesh"     one mesh per frame (core.mesh.extract_mesh, FLAME units) -> emits "mesh" per frame with vertices,
              faces and colours.
+  "invert"   a portrait photo -> a one-shot avatar folder (core.portrait + core.inversion: crop, FLAME fit, pivotal
+             tuning). Emits "begin", "step" per optimisation step, then "done" with the folder and the fitted FLAME
+             shape (or "cancelled": nothing is written).
   "ping"     emits "pong" (worker start-up check).
 
 Common job fields: model {source: default|official|project, path, device}, head (heads.HeadSpec dict), seed,
-truncation_psi, truncation_cutoff, sample_seed, cache_dir. Per-frame arrays, N frames: numbers [N] (Blender frame
+truncation_psi, truncation_cutoff, sample_seed, cache_dir, and latent_path (an avatar made from a photo: its ws
+replace the seed's). Per-frame arrays, N frames: numbers [N] (Blender frame
 numbers), shape [N, S], expression [N, E], jaw [N, 3], eyes [N, 6], cam2world [N, 4, 4] (OpenCV camera in the head's
 FLAME space, see convert.py) and intrinsics [N, 3, 3] (normalized by the square side, see convert.square_framing).
 Framing fields: width, height, side, x0, y0 (the scene's render as the centre crop of a square).
@@ -103,7 +107,8 @@ def load_head_model(spec: dict, cache_dir: Optional[str]):
     return _cache_get(("head", head.kind, head.model_path, head.landmark_path), build)
 
 
-def avatar_identity(generator, model_key: tuple, seed: int, psi: float, cutoff: int):
+def avatar_identity(generator, model_key: tuple, seed: int, psi: float, cutoff: int, latent_path: str = ""):
+    """The avatar: drawn from `seed`, or the ws saved by an inversion (`latent_path`)."""
     import torch
 
     from .core.rendering.camera import ffhq_camera
@@ -112,11 +117,18 @@ def avatar_identity(generator, model_key: tuple, seed: int, psi: float, cutoff: 
     def build():
         device = next(generator.parameters()).device
         with torch.no_grad():
+            if latent_path:
+                from .core.inversion.avatar_files import load_latent
+
+                return generator.make_identity(load_latent(latent_path, generator).to(device))
             z = latent_from_seed(int(seed), generator.config.z_dim).to(device)
             ws = generator.mapping(z, ffhq_camera()[None].to(device), truncation_psi=float(psi),
                                    truncation_cutoff=int(cutoff) if cutoff else None)
             return generator.make_identity(ws)
 
+    if latent_path:
+        stamp = Path(latent_path).stat().st_mtime_ns if Path(latent_path).is_file() else 0
+        return _cache_get(("identity", model_key, latent_path, stamp), build)
     return _cache_get(("identity", model_key, int(seed), float(psi), int(cutoff or 0)), build)
 
 
@@ -313,7 +325,7 @@ def _prepare(job: dict, arrays: Dict[str, np.ndarray], emit: Emit):
     model_key = ("model", (job.get("model") or {}).get("source", "default"), (job.get("model") or {}).get("path", ""),
                  str(next(generator.parameters()).device))
     identity = avatar_identity(generator, model_key, job.get("seed", 0), job.get("truncation_psi", 0.7),
-                               job.get("truncation_cutoff", 14))
+                               job.get("truncation_cutoff", 14), job.get("latent_path") or "")
     for w in warnings:
         emit("warning", {"message": w}, None)
     return n, generator, description, flame, labels, identity
@@ -344,7 +356,7 @@ def render_job(job: dict, arrays: Dict[str, np.ndarray], emit: Emit, should_stop
     last_all = int(job.get("sequence_last", numbers[-1]))
     framed = FramedGenerator(generator, side, x0, y0, w, h)
     source = frame_source(FrameInputs(arrays, labels, flame), min(first_all, numbers[0]), max(last_all, numbers[-1]))
-    settings = {"model": description, "seed": int(job.get("seed", 0)),
+    settings = {"model": description, "seed": int(job.get("seed", 0)), "latent": job.get("latent_path") or None,
                 "truncation_psi": round(float(job.get("truncation_psi", 0.7)), 6),
                 "sample_seed": int(job.get("sample_seed", 0)), "width": w, "height": h,
                 "head": (job.get("head") or {}).get("kind", "default")}
@@ -449,7 +461,58 @@ def mesh_job(job: dict, arrays: Dict[str, np.ndarray], emit: Emit, should_stop: 
     return {"count": len(numbers)}
 
 
-JOBS = {"render": render_job, "preview": preview_job, "mesh": mesh_job}
+def invert_job(job: dict, arrays: Dict[str, np.ndarray], emit: Emit, should_stop: StopFn) -> dict:
+    """A portrait photo -> an avatar folder (avatar.safetensors + latent.npy + the fit), by pivotal tuning."""
+    import torch
+
+    from .core.inversion.avatar_files import save_avatar
+    from .core.inversion.perceptual import load_perceptual
+    from .core.inversion.pti import invert
+    from .core.io.images import read_image
+    from .core.portrait import preprocess_portrait
+
+    warnings: List[str] = []
+    image_path = str(job.get("image_path") or "")
+    out_dir = str(job.get("out_dir") or "")
+    if not out_dir:
+        raise InputError("No folder is set for the avatar; choose one in the Avatar from Photo dialog.")
+    generator, description = load_model(job.get("model") or {}, warnings)
+    flame = load_head_model(job.get("head") or {}, job.get("cache_dir"))
+    for w in warnings:
+        emit("warning", {"message": w}, None)
+    image = read_image(image_path)
+    emit("begin", {"total": 0, "description": "detecting the face and fitting FLAME"}, None)
+    portrait = preprocess_portrait(image, flame, resolution=generator.config.image_resolution, source=image_path)
+    perceptual = None
+    if job.get("vgg16_path"):
+        perceptual = load_perceptual(job["vgg16_path"], job.get("lpips_path") or None)
+    latent_steps, tune_steps = int(job.get("latent_steps", 450)), int(job.get("tune_steps", 500))
+    total = latent_steps + tune_steps
+    emit("begin", {"total": total, "description": description}, None)
+
+    def progress(done: int, total_steps: int) -> None:
+        emit("step", {"done": done, "total": total_steps}, None)
+
+    device = next(generator.parameters()).device
+    target = torch.from_numpy(portrait.image).permute(2, 0, 1)[None].float().div(127.5).sub(1).to(device)
+    result = invert(generator, target, portrait.camera[None].to(device), portrait.mesh_input.to(device),
+                    latent_steps=latent_steps, tune_steps=tune_steps, perceptual=perceptual,
+                    seed=int(job.get("seed", 0)), progress=progress, should_stop=should_stop)
+    for w in result.warnings:
+        emit("warning", {"message": w}, None)
+    if result.stopped:
+        summary = {"out_dir": out_dir, "missing": []}
+        emit("cancelled", summary, None)
+        return summary
+    save_avatar(out_dir, result, portrait=portrait, source_image=image_path, overwrite=bool(job.get("overwrite")))
+    summary = {"out_dir": out_dir, "psnr": float(result.psnr_tuned),
+               "shape": portrait.flame.shape[0].tolist(), "expression": portrait.flame.expression[0].tolist(),
+               "fit_error_px": float(portrait.fit_error_px)}
+    emit("done", summary, None)
+    return summary
+
+
+JOBS = {"render": render_job, "preview": preview_job, "mesh": mesh_job, "invert": invert_job}
 
 
 def run_job(job: dict, arrays: Dict[str, np.ndarray], emit: Emit, should_stop: Optional[StopFn] = None) -> dict:
@@ -470,6 +533,6 @@ def run_job(job: dict, arrays: Dict[str, np.ndarray], emit: Emit, should_stop: O
     return JOBS[kind](job, arrays, emit, should_stop or (lambda: False))
 
 
-__all__ = ["run_job", "render_job", "preview_job", "mesh_job", "camera_labels", "camera_warnings",
+__all__ = ["run_job", "render_job", "preview_job", "mesh_job", "invert_job", "camera_labels", "camera_warnings",
            "camera_to_world", "FramedGenerator", "FrameInputs", "frame_source",
            "Next3DError", "clear_cache"]

@@ -14,7 +14,7 @@ from typing import Dict, List, Optional, Tuple
 
 import bpy
 import numpy as np
-from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty
+from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
 from bpy.types import Operator
 
 from . import convert, rig, runner
@@ -51,10 +51,23 @@ def model_spec(prefs) -> dict:
     return {"source": source, "path": path, "device": prefs.device.lower()}
 
 
+AVATAR_MODEL, AVATAR_LATENT = "avatar.safetensors", "latent.npy"
+
+
+def photo_avatar_folder(settings) -> Path:
+    """The folder of the scene's photo avatar, checked to hold the tuned model and the latent."""
+    raw = settings.avatar_folder
+    folder = Path(bpy.path.abspath(raw)) if raw else None
+    if folder is None or not (folder / AVATAR_MODEL).is_file() or not (folder / AVATAR_LATENT).is_file():
+        raise InputError(f"The avatar folder {str(folder) if folder else '(none)'!r} does not hold {AVATAR_MODEL} "
+                         f"and {AVATAR_LATENT}. Make one with 'Avatar from Photo', or set Avatar to Seed.")
+    return folder
+
+
 def cache_dir() -> str:
     try:
         return bpy.utils.extension_path_user(__package__, path="cache", create=True)
-    except (ValueError, RuntimeError, TypeError):
+    except (ValueError, RuntimeError, TypeError, AttributeError):
         # Not installed as an extension (development checkout): the engine's default cache folder.
         return ""
 
@@ -139,6 +152,10 @@ def prepare(context, numbers: Optional[List[int]] = None):
     job = dict(framing, model=model, head=spec.to_dict(), cache_dir=cache_dir(), seed=int(s.seed),
                truncation_psi=float(s.truncation_psi), truncation_cutoff=14, sample_seed=int(s.sample_seed),
                threads=int(prefs.threads))
+    if s.avatar_source == "PHOTO":
+        folder = photo_avatar_folder(s)
+        job["model"] = dict(model, source="project", path=str(folder / AVATAR_MODEL))
+        job["latent_path"] = str(folder / AVATAR_LATENT)
     return the_rig, job, arrays, heads, warnings, prefs
 
 
@@ -440,6 +457,105 @@ class NEXT3D_OT_release_worker(Operator):
         return {"FINISHED"}
 
 
+# ------------------------------------------------------------------------------------------------ photo
+
+def default_avatar_folder(image_path: str) -> Path:
+    """Beside the .blend (//next3d_avatars/<photo name>) when it is saved, else in the extension's user folder."""
+    stem = Path(image_path).stem or "avatar"
+    if bpy.data.filepath:
+        return Path(bpy.path.abspath("//next3d_avatars")) / stem
+    try:
+        return Path(bpy.utils.extension_path_user(__package__, path="avatars", create=True)) / stem
+    except (ValueError, RuntimeError, TypeError, AttributeError):
+        import tempfile
+
+        return Path(tempfile.gettempdir()) / "next3d_avatars" / stem
+
+
+class NEXT3D_OT_avatar_from_photo(_JobOperator, Operator):
+    """Make a one-shot avatar from a portrait photo: detect the face, fit FLAME and the camera, then tune the model
+    to the photo (pivotal tuning). The scene's avatar becomes the result; with a rig selected, its shape keys take
+    the fitted face shape"""
+
+    bl_idname = "next3d.avatar_from_photo"
+    bl_label = "Avatar from Photo"
+    bl_options = {"REGISTER", "UNDO"}
+
+    filepath: StringProperty(name="Portrait", description="A photo with one face (PNG or JPEG)", subtype="FILE_PATH")
+    filter_image: BoolProperty(default=True, options={"HIDDEN", "SKIP_SAVE"})
+    filter_folder: BoolProperty(default=True, options={"HIDDEN", "SKIP_SAVE"})
+    directory_out: StringProperty(name="Avatar Folder", description="Where the avatar is written (empty: beside "
+                                  "the .blend in next3d_avatars/, or the extension's user folder)",
+                                  subtype="DIR_PATH", options={"SKIP_SAVE"})
+    latent_steps: IntProperty(name="Latent Steps", description="Steps optimising the latent (the paper: 450)",
+                              default=450, min=0, max=5000)
+    tune_steps: IntProperty(name="Tuning Steps", description="Steps fine-tuning the model (the paper: 500)",
+                            default=500, min=0, max=5000)
+    apply_shape: BoolProperty(name="Apply Face Shape", description="Set the selected rig's shape keys to the "
+                              "fitted FLAME shape", default=True)
+    overwrite: BoolProperty(name="Overwrite", description="Replace an avatar already in the folder", default=False,
+                            options={"SKIP_SAVE"})
+
+    def invoke(self, context, event):
+        context.window_manager.fileselect_add(self)
+        return {"RUNNING_MODAL"}
+
+    def execute(self, context):
+        scene = context.scene
+        try:
+            image_path = bpy.path.abspath(self.filepath)
+            if not image_path or not os.path.isfile(image_path):
+                raise InputError(f"The portrait {image_path or '(none)'!r} does not exist; choose a photo file.")
+            folder = Path(bpy.path.abspath(self.directory_out)) if self.directory_out else \
+                default_avatar_folder(image_path)
+            check_writable(folder)
+            prefs = get_preferences(context)
+            spec = head_spec(prefs)
+            model = model_spec(prefs)
+            job = dict(kind="invert", model=model, head=spec.to_dict(), cache_dir=cache_dir(),
+                       image_path=image_path, out_dir=str(folder), latent_steps=int(self.latent_steps),
+                       tune_steps=int(self.tune_steps), seed=int(scene.next3d.seed), overwrite=bool(self.overwrite),
+                       vgg16_path=bpy.path.abspath(prefs.vgg16_path) if prefs.vgg16_path else "",
+                       lpips_path=bpy.path.abspath(prefs.lpips_path) if prefs.lpips_path else "",
+                       threads=int(prefs.threads))
+            try:
+                target_rig = rig.find_rig(context.active_object) if self.apply_shape else None
+            except Next3DError:
+                target_rig = None
+            rig_name = target_rig.mesh.name if target_rig is not None else ""
+            scene_name = scene.name
+
+            def on_done(task: runner.Task) -> None:
+                # Runs on the main thread when the job ends (at once under -b, from the timer with a UI).
+                if task.error or task.cancelled or not task.summary.get("out_dir"):
+                    return
+                apply_photo_avatar(bpy.data.scenes.get(scene_name), task.summary, bpy.data.objects.get(rig_name))
+
+            task = runner.Task(job, {}, "Avatar from photo", on_done=on_done)
+            runner.start(task, prefs, synchronous(self.mode))
+        except Next3DError as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        if task.finished:
+            report_task(self, task, [])
+            if task.cancelled:
+                self.report({"WARNING"}, "Avatar from photo: stopped; nothing was written")
+                return {"CANCELLED"}
+            self.report({"INFO"}, f"Avatar written to {task.summary.get('out_dir')} "
+                        f"(PSNR {task.summary.get('psnr', 0.0):.1f} dB)")
+            return {"FINISHED"}
+        return self._go_modal(context, task, [])
+
+
+def apply_photo_avatar(scene, summary: dict, mesh_obj) -> None:
+    """Point the scene's avatar at the new folder; give the rig (if any) the fitted face shape."""
+    if scene is not None:
+        scene.next3d.avatar_folder = summary["out_dir"]
+        scene.next3d.avatar_source = "PHOTO"
+    if mesh_obj is not None and summary.get("shape"):
+        rig.set_key_values(mesh_obj, rig.SHAPE_PREFIX, np.asarray(summary["shape"], dtype=np.float32))
+
+
 # ------------------------------------------------------------------------------------------------ meshes
 
 class NEXT3D_OT_extract_mesh(_JobOperator, Operator):
@@ -531,4 +647,4 @@ def _show_only_on_frame(obj, number: int) -> None:
 
 CLASSES = (NEXT3D_OT_add_head, NEXT3D_OT_reset_expression, NEXT3D_OT_reset_shape, NEXT3D_OT_random_shape,
            NEXT3D_OT_render_frame, NEXT3D_OT_render_animation, NEXT3D_OT_cancel_job, NEXT3D_OT_release_worker,
-           NEXT3D_OT_extract_mesh)
+           NEXT3D_OT_extract_mesh, NEXT3D_OT_avatar_from_photo)

@@ -22,9 +22,9 @@ def _rig_of(context):
         return None
 
 
-def _job_status(layout) -> None:
+def _job_status(layout, kinds=None) -> None:
     task = runner.active_task()
-    if task is None:
+    if task is None or (kinds is not None and task.job.get("kind") not in kinds):
         return
     box = layout.box()
     if not task.finished:
@@ -47,7 +47,7 @@ class NEXT3D_PT_model(_Next3DPanel, Panel):
         if hasattr(prefs, "bl_rna"):
             draw_model_settings(self.layout, prefs)
         else:
-            self.layout.label(text="Bundled default model (add-on not enabled)")
+            self.layout.label(text="Bundled default model")
         self.layout.operator("next3d.release_worker", icon="X")
 
 
@@ -88,9 +88,15 @@ class NEXT3D_PT_avatar(_Next3DPanel, Panel):
         layout = self.layout
         settings = context.scene.next3d
         col = layout.column()
-        col.prop(settings, "seed")
-        col.prop(settings, "truncation_psi")
+        col.prop(settings, "avatar_source", expand=True)
+        if settings.avatar_source == "PHOTO":
+            col.prop(settings, "avatar_folder")
+        else:
+            col.prop(settings, "seed")
+            col.prop(settings, "truncation_psi")
         col.prop(settings, "sample_seed")
+        layout.operator("next3d.avatar_from_photo", icon="FILE_IMAGE")
+        _job_status(layout, kinds=("invert",))
         layout.operator("next3d.render_frame", text="Preview Current Frame", icon="IMAGE_DATA")
         image = bpy.data.images.get("Next3D Render")
         if image is not None and image.preview is not None:

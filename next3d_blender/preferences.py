@@ -28,6 +28,11 @@ class NEXT3D_AddonPreferences(AddonPreferences):
     flame_landmark_path: StringProperty(name="Landmarks", description="DECA landmark_embedding.npy, or FLAME's "
                                         "flame_static_embedding.pkl", subtype="FILE_PATH")
     device: EnumProperty(name="Device", items=DEVICES, default="CPU")
+    vgg16_path: StringProperty(name="VGG16 Weights", description="torchvision vgg16 weights (.pth or .safetensors) "
+                               "for the perceptual loss of 'Avatar from Photo'; empty: pixel and structural losses",
+                               subtype="FILE_PATH")
+    lpips_path: StringProperty(name="LPIPS Weights", description="Optional LPIPS vgg linear layers (vgg.pth); empty: "
+                               "equal weights per VGG layer", subtype="FILE_PATH")
     python_path: StringProperty(name="Worker Python", description="Python interpreter that runs the engine (needs "
                                 "torch). Empty: Blender's own Python", subtype="FILE_PATH")
     threads: IntProperty(name="Threads", description="CPU threads for the engine (0: torch's default)", default=0,
@@ -36,6 +41,8 @@ class NEXT3D_AddonPreferences(AddonPreferences):
     def draw(self, context):
         draw_model_settings(self.layout, self)
         col = self.layout.column()
+        col.prop(self, "vgg16_path")
+        col.prop(self, "lpips_path")
         col.prop(self, "python_path")
         col.prop(self, "threads")
 
@@ -57,6 +64,7 @@ class _Defaults:
 
     model_source = "DEFAULT"
     official_path = project_path = flame_model_path = flame_landmark_path = python_path = ""
+    vgg16_path = lpips_path = ""
     device = "CPU"
     threads = 0
 

@@ -12,7 +12,16 @@ FRAME_SOURCES = (
 )
 
 
+AVATAR_SOURCES = (
+    ("SEED", "Seed", "An avatar drawn from the model with the seed below"),
+    ("PHOTO", "From Photo", "An avatar made from a portrait by 'Avatar from Photo' (its own tuned model and latent)"),
+)
+
+
 class NEXT3D_PG_scene(PropertyGroup):
+    avatar_source: EnumProperty(name="Avatar", items=AVATAR_SOURCES, default="SEED")
+    avatar_folder: StringProperty(name="Avatar Folder", description="Folder written by 'Avatar from Photo' "
+                                  "(avatar.safetensors + latent.npy)", subtype="DIR_PATH")
     seed: IntProperty(name="Seed", description="Avatar identity: the latent code is drawn from this seed",
                       default=0, min=0)
     truncation_psi: FloatProperty(name="Truncation", description="Truncation psi: lower values give more average, "

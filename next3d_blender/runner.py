@@ -110,11 +110,17 @@ class Task:
             self.total = int(header.get("total", 0))
             self.done = int(header.get("skipped", 0))
             extra = f", {self.done} already on disk" if self.done else ""
-            self._say(f"{self.title}: {self.total} frame(s){extra} ({header.get('description', '')})")
+            what = f"{self.total} step(s)" if self.job.get("kind") == "invert" else f"{self.total} frame(s){extra}"
+            self._say(f"{self.title}: {what} ({header.get('description', '')})")
             self._progress(self.done)
         elif kind == "frame":
             self.done = int(header.get("done", self.done + 1))
             self._say(f"{self.title}: frame {header.get('number')} ({self.done}/{self.total})")
+            self._progress(self.done)
+        elif kind == "step":
+            self.done = int(header.get("done", self.done + 1))
+            self.total = int(header.get("total", self.total))
+            self._say(f"{self.title}: step {self.done}/{self.total}")
             self._progress(self.done)
         elif kind == "image":
             if self.on_image is not None:

@@ -22,7 +22,7 @@ import torch
 
 from ..flame.conversions import flame_to_world
 from ..flame.model import FlameModel
-from ..flame.params import FlameParams, axis_angle_to_matrix
+from ..flame.params import FlameParams, axis_angle_to_matrix, matrix_to_axis_angle
 from ..rendering.camera import FFHQ_PIVOT, ffhq_camera
 from ..training.mesh_render import project_points
 
@@ -71,33 +71,29 @@ def project_flame_points(points: torch.Tensor, camera: torch.Tensor, resolution:
 
 def fit_flame(flame: FlameModel, landmarks: np.ndarray, resolution: int, *, camera: Optional[torch.Tensor] = None,
               init: Optional[FlameFit] = None, steps: int = 300, progress: Progress = None) -> FlameFit:
-    """FLAME shape, expression and jaw opening, and the camera, fitted to 68 landmarks [68, 2] in crop pixels.
+    """FLAME shape, expression and jaw opening, and the camera, fitted to 68 landmarks [68, 2] in crop pixels (the
+    51 inner ones count, see the module docstring).
 
     With `camera` (a label [25]) the camera is kept and only FLAME is fitted. `init` warm-starts from an earlier
-    fit. The first third of the steps moves the head rigidly only."""
+    fit. Without either, the first third of the steps moves the head rigidly only."""
     target = torch.as_tensor(np.asarray(landmarks), dtype=torch.float32) * (_PX / resolution)
     inner = slice(17, 68)
     canonical = ffhq_camera()
     fixed_camera = camera is not None
     if init is not None:
-        rot = torch.zeros(3)
-        shape = init.params.shape[0].clone()
-        expr = init.params.expression[0].clone()
+        shape, expr = init.params.shape[0].clone(), init.params.expression[0].clone()
         jaw = init.params.jaw[0, :1].clone()
-        if not fixed_camera:
-            cam_motion = init.head_motion
-            rot = _rotation_aa(cam_motion[:3, :3])
+        rot = matrix_to_axis_angle(init.head_motion[None, :3, :3])[0].clone()
     else:
+        shape, expr, jaw = torch.zeros(flame.n_shape), torch.zeros(flame.n_expr), torch.zeros(1)
         rot = torch.zeros(3)
-        shape = torch.zeros(flame.n_shape)
-        expr = torch.zeros(flame.n_expr)
-        jaw = torch.zeros(1)
     shift = torch.zeros(3)
-    for t in (rot, shift, shape, expr, jaw):
+    face = [shape, expr, jaw]
+    rigid = [] if fixed_camera else [rot, shift]
+    for t in face + rigid:
         t.requires_grad_(True)
-    rigid = [rot, shift]
-    opt = torch.optim.Adam([{"params": rigid, "lr": 0.01}, {"params": [shape, expr, jaw], "lr": 0.03}])
-    rigid_steps = 0 if init is not None else steps // 3
+    opt = torch.optim.Adam([{"params": face, "lr": 0.03}] + ([{"params": rigid, "lr": 0.01}] if rigid else []))
+    rigid_steps = 0 if init is not None or fixed_camera else steps // 3
 
     def evaluate():
         params = FlameParams(shape=shape[None], expression=expr[None],
@@ -116,9 +112,9 @@ def fit_flame(flame: FlameModel, landmarks: np.ndarray, resolution: int, *, came
             loss = loss + _SHAPE_REG * (shape ** 2).sum() + _EXPR_REG * (expr ** 2).sum() + _JAW_REG * (jaw ** 2).sum()
         opt.zero_grad()
         loss.backward()
-        if step < rigid_steps or fixed_camera:
-            for t in ((shape, expr, jaw) if step < rigid_steps else ()) + ((rot, shift) if fixed_camera else ()):
-                t.grad = None
+        if step < rigid_steps:
+            for t in face:
+                t.grad = None     # Adam leaves a parameter without a gradient alone
         opt.step()
         if progress is not None:
             progress(step + 1, steps)
@@ -129,12 +125,6 @@ def fit_flame(flame: FlameModel, landmarks: np.ndarray, resolution: int, *, came
     return FlameFit(params=FlameParams(shape=params.shape.detach(), expression=params.expression.detach(),
                                        jaw=params.jaw.detach()),
                     camera=cam.detach(), head_motion=motion.detach(), error_px=error)
-
-
-def _rotation_aa(rot: torch.Tensor) -> torch.Tensor:
-    from ..flame.params import matrix_to_axis_angle
-
-    return matrix_to_axis_angle(rot[None])[0].detach().clone()
 
 
 def head_pivot_in_crop(fit: FlameFit, resolution: int) -> tuple:

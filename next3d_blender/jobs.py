@@ -483,6 +483,8 @@ def invert_job(job: dict, arrays: Dict[str, np.ndarray], emit: Emit, should_stop
     image = read_image(image_path)
     emit("begin", {"total": 0, "description": "detecting the face and fitting FLAME"}, None)
     portrait = preprocess_portrait(image, flame, resolution=generator.config.image_resolution, source=image_path)
+    for w in portrait.warnings:
+        emit("warning", {"message": w}, None)
     perceptual = None
     if job.get("vgg16_path"):
         perceptual = load_perceptual(job["vgg16_path"], job.get("lpips_path") or None)

@@ -158,6 +158,8 @@ def invert_command(portrait, out, model, flame_model, landmarks, camera, mesh, v
                                               camera=read_camera_file(camera) if camera else None,
                                               source=str(portrait))
         click.echo(f"landmark fit error {portrait_result.fit_error_px:.2f} px", err=True)
+        for warning in portrait_result.warnings:
+            click.echo(f"warning: {warning}", err=True)
         target = _aligned_target(portrait_result.image, res, portrait)
         cam = portrait_result.camera.reshape(1, -1)[:, :25].to(torch.float32)
         mesh_input = portrait_result.mesh_input.to(torch.float32)

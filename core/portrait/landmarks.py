@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import InputError, Next3DError
 
-__all__ = ["IBUG68_FROM_MEDIAPIPE", "detect_landmarks", "read_landmarks_file", "check_landmarks"]
+__all__ = ["IBUG68_FROM_MEDIAPIPE", "detect_landmarks", "read_landmarks_file", "check_image", "check_landmarks"]
 
 # iBUG 68 in its usual order, as Face Mesh indices. The subject's right side comes first in iBUG (image left).
 IBUG68_FROM_MEDIAPIPE = np.array([
@@ -35,7 +35,8 @@ IBUG68_FROM_MEDIAPIPE = np.array([
 _IRIS_FIRST = 468   # 468-472 and 473-477: centre, then four rim points
 
 
-def _check_image(image: np.ndarray, source: str) -> np.ndarray:
+def check_image(image: np.ndarray, source: str) -> np.ndarray:
+    """A portrait must be RGB uint8 [H, W, 3] and not tiny; returns it contiguous."""
     if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         desc = f"{image.dtype} {list(image.shape)}" if isinstance(image, np.ndarray) else type(image).__name__
         raise InputError(f"{source}: a portrait must be an RGB image [H, W, 3] uint8, got {desc}.")
@@ -52,7 +53,7 @@ def detect_landmarks(image: np.ndarray, *, source: str = "the portrait"
     Returns (landmarks [68, 2], irises [2, 5, 2]) in image pixels (x right, y down; a pixel's centre is at +0.5).
     The irises are in image order (the one further left first), each its centre then four rim points.
     Raises InputError when no face is found, naming the way round it (a landmark file)."""
-    image = _check_image(image, source)
+    image = check_image(image, source)
     try:
         from mediapipe.python.solutions import face_mesh
     except ImportError as exc:

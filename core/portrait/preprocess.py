@@ -21,7 +21,7 @@ from ..flame.params import FlameParams
 from ..rendering.camera import FFHQ_PIVOT, look_at_cam2world
 from .crop import Crop, ffhq_crop, warp_image
 from .fit import fit_eye_pose, fit_flame, head_pivot_in_crop, order_iris
-from .landmarks import check_landmarks, detect_landmarks
+from .landmarks import check_image, check_landmarks, detect_landmarks
 
 __all__ = ["Portrait", "preprocess_portrait"]
 
@@ -58,6 +58,7 @@ def preprocess_portrait(image: np.ndarray, flame: FlameModel, *, resolution: int
         is fitted.
     progress: called as progress(stage, done, total) with stage "flame" or "eyes".
     """
+    image = check_image(image, source)
     warnings: List[str] = []
     irises = None
     if landmarks is None:
@@ -85,11 +86,9 @@ def preprocess_portrait(image: np.ndarray, flame: FlameModel, *, resolution: int
         aligned_crop = None
     else:
         crop = ffhq_crop(landmarks)
-        first = fit_flame(flame, crop.to_crop(landmarks, resolution), resolution, steps=steps,
-                          progress=stage("flame"))
+        fit = fit_flame(flame, crop.to_crop(landmarks, resolution), resolution, steps=steps, progress=stage("flame"))
         # Move the square so the head's pivot is in its centre at the FFHQ cameras' distance, and refit. Twice:
         # distance and face size trade against each other, so one round can land 0.2 units off.
-        fit = first
         for _ in range(2):
             centre, depth = head_pivot_in_crop(fit, resolution)
             crop = crop.moved(np.array(centre), depth_scale(depth), resolution)

@@ -157,7 +157,7 @@ def build(out_dir: Path = ROOT / "dist", blender_ext: Optional[Path] = None, qui
         fd, partial = tempfile.mkstemp(dir=out_dir, prefix=f".{final.stem}-", suffix=".zip")
         os.close(fd)
         try:
-            shutil.copyfile(tmp_zip, partial)
+            shutil.copy(tmp_zip, partial)   # with its permissions: mkstemp would leave the zip 0600
             os.replace(partial, final)
         except BaseException:
             if os.path.exists(partial):

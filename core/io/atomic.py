@@ -12,9 +12,24 @@ from typing import BinaryIO, Callable, Union
 
 import numpy as np
 
-__all__ = ["atomic_write", "write_bytes_atomic", "npy_bytes"]
+__all__ = ["atomic_write", "write_bytes_atomic", "npy_bytes", "new_file_mode"]
 
 PathLike = Union[str, os.PathLike]
+
+
+def _read_umask() -> int:
+    mask = os.umask(0o022)   # the only way to read it is to set it; done once, at import, and put back at once
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
+def new_file_mode() -> int:
+    """The permissions an ordinary new file gets (0o666 less the umask). mkstemp makes its files 0o600, which a
+    rename would keep: frames and models would then be unreadable to the other users of a shared folder."""
+    return 0o666 & ~_UMASK
 
 
 def atomic_write(path: PathLike, write: Callable[[BinaryIO], object]) -> None:
@@ -26,6 +41,7 @@ def atomic_write(path: PathLike, write: Callable[[BinaryIO], object]) -> None:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, new_file_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -19,6 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..errors import CheckpointError, InputError
+from .atomic import new_file_mode
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "EXTRA_PREFIX", "save_checkpoint", "load_checkpoint",
            "checkpoint_kind", "describe_file_format"]
@@ -172,6 +173,7 @@ def save_checkpoint(path: str | os.PathLike, state_dict: dict[str, torch.Tensor]
         save_file(tensors, tmp, metadata=metadata)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, new_file_mode())
         os.replace(tmp, path)
     except BaseException as exc:
         if os.path.exists(tmp):

@@ -19,6 +19,7 @@ from typing import Callable, Optional, Union
 import numpy as np
 
 from ..errors import InputError
+from ..io.atomic import new_file_mode
 from .extract import ExtractedMesh
 
 SUFFIXES = (".ply", ".obj", ".glb")
@@ -70,6 +71,7 @@ def _atomic_write(path: Path, write: Callable) -> None:
     try:
         with os.fdopen(fd, "wb") as fh:
             write(fh)
+        os.chmod(tmp, new_file_mode())
         os.replace(tmp, path)
     except OSError as exc:
         try:

@@ -10,6 +10,7 @@ from typing import Iterable, Union
 import numpy as np
 
 from ..errors import InputError
+from ..io.atomic import new_file_mode
 
 PathLike = Union[str, os.PathLike]
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov")
@@ -72,6 +73,7 @@ def write_video(frame_paths: Iterable[PathLike], out_path: PathLike, fps: float 
             writer.send(pixels)
         writer.close()
         writer = None
+        os.chmod(tmp, new_file_mode())
         os.replace(tmp, out_path)
     except BaseException:
         if writer is not None:

@@ -13,14 +13,14 @@ SSIM (Wang et al. 2004; 11-tap Gaussian window, sigma 1.5) is the structural los
 from __future__ import annotations
 
 import os
-from pathlib import Path
-from typing import Dict, List, Optional, Union
+from typing import List, Optional, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import CheckpointError, InputError
+from ..io.weights_file import read_state_dict_file
 
 __all__ = ["VGG16Features", "LpipsDistance", "load_vgg16", "load_lpips_weights", "load_perceptual", "ssim",
            "VGG16_CONV_INDICES", "LPIPS_CHANNELS"]
@@ -65,36 +65,9 @@ class VGG16Features(nn.Module):
         return out
 
 
-def _read_state_dict(path: PathLike, what: str) -> Dict[str, torch.Tensor]:
-    """A flat name -> tensor dict from .safetensors, or from .pth/.pt read with torch.load(weights_only=True)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"The {what} file {str(path)!r} does not exist; give the path of a .pth, .pt or "
-                              ".safetensors file.")
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".safetensors":
-            from safetensors.torch import load_file
-            data = load_file(str(path), device="cpu")
-        elif suffix in (".pth", ".pt", ".bin"):
-            data = torch.load(path, map_location="cpu", weights_only=True)
-        else:
-            raise CheckpointError(f"The {what} file {path.name} must end in .pth, .pt or .safetensors.")
-    except CheckpointError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - torch/safetensors raise many kinds for foreign files
-        raise CheckpointError(f"The {what} file {path} cannot be read as a weights file ({exc}). Give a state dict "
-                              "saved with torch.save or safetensors.") from None
-    if isinstance(data, dict) and "state_dict" in data and isinstance(data["state_dict"], dict):
-        data = data["state_dict"]
-    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
-        raise CheckpointError(f"The {what} file {path} does not hold a state dict (a mapping of names to tensors).")
-    return data
-
-
 def load_vgg16(path: PathLike, device: Union[str, torch.device] = "cpu") -> VGG16Features:
     """VGG16 features from a torchvision `vgg16` state dict (.pth/.pt or .safetensors), frozen, in eval mode."""
-    data = _read_state_dict(path, "VGG16")
+    data = read_state_dict_file(path, "VGG16")
     model = VGG16Features()
     own = model.state_dict()
     # A whole torchvision vgg16 also holds the classifier; only the convolutions matter here.
@@ -120,7 +93,7 @@ def load_vgg16(path: PathLike, device: Union[str, torch.device] = "cpu") -> VGG1
 
 def load_lpips_weights(path: PathLike) -> List[torch.Tensor]:
     """LPIPS' per-channel weights for VGG (vgg.pth of the LPIPS release): five tensors [1, C_k, 1, 1]."""
-    data = _read_state_dict(path, "LPIPS weights")
+    data = read_state_dict_file(path, "LPIPS weights")
     out = []
     for k, channels in enumerate(LPIPS_CHANNELS):
         key = f"lin{k}.model.1.weight"

@@ -9,10 +9,8 @@ TorchScript archives, which hold code: they are refused with the command that tu
 from __future__ import annotations
 
 import os
-import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Dict, Union
 
 import torch
@@ -21,6 +19,7 @@ import torch.nn.functional as F
 
 from ..checks import check_tensor
 from ..errors import CheckpointError, InputError
+from ..io.weights_file import read_state_dict_file
 
 PathLike = Union[str, os.PathLike]
 
@@ -221,45 +220,9 @@ def clip_config_from_state_dict(state_dict: Dict[str, torch.Tensor], activation:
                       text_layers=_count_blocks(state_dict, "transformer.resblocks."), activation=activation)
 
 
-def _is_torchscript(path: Path) -> bool:
-    """TorchScript archives are zip files with a code/ folder or constants.pkl; plain state dicts have neither."""
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as archive:
-        return any("/code/" in n or n.endswith("/constants.pkl") for n in archive.namelist())
-
-
 def read_clip_state_dict(path: PathLike) -> Dict[str, torch.Tensor]:
-    """The tensors of a CLIP weights file (.safetensors, or a torch state dict read with weights_only=True)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"The CLIP weights file {str(path)!r} does not exist. Give the path of a ViT CLIP state "
-                              "dict (.safetensors, .pt, .pth or .bin in OpenAI CLIP / open_clip format).")
-    if path.suffix.lower() == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            data = load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise CheckpointError(f"The CLIP weights {path} cannot be read as safetensors ({exc}).") from None
-    else:
-        if _is_torchscript(path):
-            # torch.jit.load would run the archive's code; a state dict is plain data.
-            raise CheckpointError(f"{path} is a TorchScript archive (OpenAI's original CLIP download), which holds "
-                                  "code and is not loaded. Convert it once to a state dict on a machine where you "
-                                  f"trust the file, e.g. {TORCHSCRIPT_FIX}, and give the new file.")
-        try:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - torch.load raises many kinds for foreign or unsafe files
-            raise CheckpointError(f"The CLIP weights {path} cannot be read as a plain state dict ({exc}). Give a "
-                                  ".safetensors file or a .pt/.pth/.bin saved with torch.save(model.state_dict()).") \
-                from None
-    if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
-        data = data["state_dict"]  # a training checkpoint (open_clip's epoch_N.pt)
-    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
-        raise CheckpointError(f"{path} does not hold a state dict of tensors; give CLIP weights saved with "
-                              "torch.save(model.state_dict()) or as .safetensors.")
+    """The tensors of a CLIP weights file (OpenAI CLIP / open_clip state dict), without a DataParallel "module."."""
+    data = read_state_dict_file(path, "CLIP weights", torchscript_fix=TORCHSCRIPT_FIX)
     return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in data.items()}
 
 

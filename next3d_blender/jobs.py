@@ -463,12 +463,10 @@ def mesh_job(job: dict, arrays: Dict[str, np.ndarray], emit: Emit, should_stop: 
 
 def invert_job(job: dict, arrays: Dict[str, np.ndarray], emit: Emit, should_stop: StopFn) -> dict:
     """A portrait photo -> an avatar folder (avatar.safetensors + latent.npy + the fit), by pivotal tuning."""
-    import torch
-
     from .core.inversion.avatar_files import save_avatar
     from .core.inversion.perceptual import load_perceptual
     from .core.inversion.pti import invert
-    from .core.io.images import read_image
+    from .core.io.images import from_uint8, read_image
     from .core.portrait import preprocess_portrait
 
     warnings: List[str] = []
@@ -496,7 +494,7 @@ def invert_job(job: dict, arrays: Dict[str, np.ndarray], emit: Emit, should_stop
         emit("step", {"done": done, "total": total_steps}, None)
 
     device = next(generator.parameters()).device
-    target = torch.from_numpy(portrait.image).permute(2, 0, 1)[None].float().div(127.5).sub(1).to(device)
+    target = from_uint8(portrait.image)[None].to(device)
     result = invert(generator, target, portrait.camera[None].to(device), portrait.mesh_input.to(device),
                     latent_steps=latent_steps, tune_steps=tune_steps, perceptual=perceptual,
                     seed=int(job.get("seed", 0)), progress=progress, should_stop=should_stop)

@@ -14,53 +14,18 @@ import click
 __all__ = ["invert_command"]
 
 
-def _read_camera(path: str):
-    """[25] camera label: core.portrait's reader when installed, else an .npy of 25 values or {"camera": [25]}."""
-    import json
-
-    import numpy as np
-    import torch
-
-    from ..errors import InputError
-
-    try:
-        from ..portrait import read_camera_file
-    except ImportError:
-        read_camera_file = None
-    if read_camera_file is not None:
-        return read_camera_file(path).reshape(-1)[:25].to(torch.float32)
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"The camera file {path!r} does not exist; give an .npy of 25 values or a .json "
-                         "{\"camera\": [25 values]}.")
-    try:
-        if p.suffix.lower() == ".npy":
-            data = np.load(p, allow_pickle=False)
-        else:
-            data = json.loads(p.read_text(encoding="utf-8"))
-            data = data.get("camera") if isinstance(data, dict) else data
-        values = np.asarray(data, dtype=np.float32).reshape(-1)
-    except (OSError, ValueError, TypeError) as exc:
-        raise InputError(f"The camera file {path} cannot be read ({exc}); give an .npy of 25 values or a .json "
-                         "{\"camera\": [25 values]}.") from None
-    if values.size != 25 or not np.isfinite(values).all():
-        raise InputError(f"The camera file {path} holds {values.size} values; a camera label is 25 finite numbers "
-                         "(cam2world 4x4 then normalized intrinsics 3x3).")
-    return torch.from_numpy(values)
-
-
 def _aligned_target(pixels, resolution: int, source: str):
     """An already aligned portrait [H, W, 3] uint8 -> [1, 3, R, R] in [-1, 1] (antialiased resize)."""
-    import torch
     import torch.nn.functional as F
 
     from ..errors import InputError
+    from ..io.images import from_uint8
 
     h, w = pixels.shape[:2]
     if abs(h - w) > 0.01 * max(h, w):
         raise InputError(f"{source} is {w}x{h} pixels; an aligned portrait (given with --camera and --mesh) must be "
                          "a square crop. Crop it, or leave out --mesh to let preprocessing align it.")
-    x = torch.from_numpy(pixels).permute(2, 0, 1)[None].to(torch.float32) / 127.5 - 1
+    x = from_uint8(pixels)[None]
     if (h, w) != (resolution, resolution):
         x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False, antialias=True)
     return x
@@ -107,12 +72,11 @@ def invert_command(portrait, out, model, flame_model, landmarks, camera, mesh, v
     Example: next3d invert photo.jpg --out avatars/me --model next3d_ffhq_512.pkl --flame-model generic_model.pkl
              --vgg16 vgg16.pth --lpips vgg.pth
     """
-    import torch
-
     from ..cli import _load_flame, _load_model, _model_key, _set_threads
     from ..errors import Next3DError
-    from ..io.images import read_image
+    from ..io.images import from_uint8, read_image
     from ..io.mesh_files import read_mesh_input
+    from ..portrait import preprocess_portrait, read_camera_file, read_landmarks_file
     from .avatar_files import check_avatar_folder, save_avatar
     from .perceptual import load_perceptual
     from .pti import invert
@@ -141,16 +105,10 @@ def invert_command(portrait, out, model, flame_model, landmarks, camera, mesh, v
     portrait_result = None
     if camera and mesh:
         target = _aligned_target(pixels, res, portrait)
-        cam = _read_camera(camera)[None]
+        cam = read_camera_file(camera)[None]
         mesh_input = read_mesh_input(mesh, n_vertices=generator.config.n_vertices,
                                      n_landmarks=generator.config.n_landmarks)
     else:
-        try:
-            from ..portrait import preprocess_portrait, read_camera_file, read_landmarks_file
-        except ImportError as exc:
-            raise click.UsageError(f"Portrait preprocessing is not available in this installation ({exc}). Give an "
-                                   "aligned portrait with its --camera and --mesh instead.") from None
-
         flame = _load_flame(flame_model)
         click.echo("preprocessing the portrait (landmarks, crop, camera, FLAME fit)", err=True)
         portrait_result = preprocess_portrait(pixels, flame, resolution=res,
@@ -160,9 +118,9 @@ def invert_command(portrait, out, model, flame_model, landmarks, camera, mesh, v
         click.echo(f"landmark fit error {portrait_result.fit_error_px:.2f} px", err=True)
         for warning in portrait_result.warnings:
             click.echo(f"warning: {warning}", err=True)
-        target = _aligned_target(portrait_result.image, res, portrait)
-        cam = portrait_result.camera.reshape(1, -1)[:, :25].to(torch.float32)
-        mesh_input = portrait_result.mesh_input.to(torch.float32)
+        target = from_uint8(portrait_result.image)[None]
+        cam = portrait_result.camera[None]
+        mesh_input = portrait_result.mesh_input
     generator.split_mesh(mesh_input)  # a mesh of another head fails here, before the long part
 
     bar = None

@@ -20,6 +20,11 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
     return x.permute(1, 2, 0).numpy()
 
 
+def from_uint8(pixels: np.ndarray) -> torch.Tensor:
+    """[H, W, 3] uint8 -> [3, H, W] float32 in [-1, 1] (the inverse of to_uint8 up to its rounding)."""
+    return torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).to(torch.float32) / 127.5 - 1
+
+
 def ensure_writable_dir(path: Union[str, os.PathLike]) -> Path:
     """Create `path` if needed and check that files can be written there, before any work starts."""
     path = Path(path)

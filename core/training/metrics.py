@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
+from ..io.images import from_uint8
 from ..networks.next3d import Next3DGenerator
 from ..rendering.camera import ffhq_camera
 from ..rendering.volume import sample_rays
@@ -226,8 +227,7 @@ def control_metrics(G: Next3DGenerator, sampler: HeadSampler, options: MetricOpt
 
 
 def _reference(head, sampler, c, appearance, res, rng) -> torch.Tensor:
-    pixels = render_head(head, sampler, c, appearance, res, rng)
-    return torch.from_numpy(pixels).permute(2, 0, 1).float() / 127.5 - 1
+    return from_uint8(render_head(head, sampler, c, appearance, res, rng))
 
 
 def _load_feature_net(path: Path, device: torch.device):

@@ -46,6 +46,21 @@ def random_generator(config: Next3DConfig = SMALL_CONFIG, seed: int = 0, head: O
     return generator.eval().requires_grad_(False)
 
 
+def tiny_builtin_generator(image_resolution: int = 64, seed: int = 1) -> Next3DGenerator:
+    """A generator of a few M parameters with seeded random weights on the built-in head (64 px planes, 16 px
+    neural rendering, 8 + 8 samples per ray): for tests and checks that need the real head, quickly."""
+    from .flame.builtin_head import builtin_head_topology
+    from .rendering.volume import RenderingOptions
+
+    topology = builtin_head_topology()
+    config = Next3DConfig(channel_base=512, channel_max=16, mapping_layers=1, n_faces=int(topology.faces.shape[0]),
+                          n_uvcoords=int(topology.uvs.shape[0]), texture_resolution=64, plane_resolution=64,
+                          neural_rendering_resolution=16, image_resolution=image_resolution, mouth_input_size=16,
+                          blend_final_size=8, rendering=RenderingOptions(depth_resolution=8,
+                                                                         depth_resolution_importance=8))
+    return random_generator(config, seed=seed, topology=topology)
+
+
 def builtin_head_mesh_input() -> torch.Tensor:
     """The built-in head at zero parameters as generator input [1, 5091, 3]."""
     from .flame.builtin_head import BUILTIN_HEAD_PATH

@@ -45,17 +45,9 @@ def check(name: str, ok: bool, detail=None) -> None:
 def make_tiny_model(path: Path) -> None:
     """A small random generator on the built-in head, saved by the worker's Python (it has torch)."""
     code = ("import sys; sys.path.insert(0, %r)\n"
-            "from core.default_model import random_generator\n"
-            "from core.flame.builtin_head import builtin_head_topology\n"
+            "from core.default_model import tiny_builtin_generator\n"
             "from core.io.generator_io import save_generator\n"
-            "from core.networks.next3d import Next3DConfig\n"
-            "from core.rendering.volume import RenderingOptions\n"
-            "t = builtin_head_topology()\n"
-            "cfg = Next3DConfig(channel_base=512, channel_max=16, mapping_layers=1, n_faces=int(t.faces.shape[0]),"
-            " n_uvcoords=int(t.uvs.shape[0]), texture_resolution=64, plane_resolution=64,"
-            " neural_rendering_resolution=16, image_resolution=64, mouth_input_size=16, blend_final_size=8,"
-            " rendering=RenderingOptions(depth_resolution=8, depth_resolution_importance=8))\n"
-            "save_generator(%r, random_generator(cfg, seed=1, topology=t))\n") % (str(ROOT), str(path))
+            "save_generator(%r, tiny_builtin_generator(64, seed=1))\n") % (str(ROOT), str(path))
     subprocess.run([WORKER_PYTHON, "-c", code], check=True)
 
 

@@ -77,20 +77,11 @@ def prefs(addon):
 def tiny_model(tmp_path_factory) -> Path:
     """A tiny random generator on the built-in head (the default rig), saved as a project .safetensors model: the
     engine path of a real model file at a fraction of the default model's cost (64 px planes, 32 px images)."""
-    from core.default_model import random_generator
-    from core.flame.builtin_head import builtin_head_topology
+    from core.default_model import tiny_builtin_generator
     from core.io.generator_io import save_generator
-    from core.networks.next3d import Next3DConfig
-    from core.rendering.volume import RenderingOptions
 
-    topology = builtin_head_topology()
-    config = Next3DConfig(channel_base=512, channel_max=16, mapping_layers=1, n_faces=int(topology.faces.shape[0]),
-                          n_uvcoords=int(topology.uvs.shape[0]),
-                          texture_resolution=64, plane_resolution=64, neural_rendering_resolution=16,
-                          image_resolution=32, mouth_input_size=16, blend_final_size=8,
-                          rendering=RenderingOptions(depth_resolution=8, depth_resolution_importance=8))
     path = tmp_path_factory.mktemp("models") / "tiny.safetensors"
-    save_generator(path, random_generator(config, seed=1, topology=topology))
+    save_generator(path, tiny_builtin_generator(32, seed=1))
     return path
 
 

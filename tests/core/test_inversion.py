@@ -13,33 +13,16 @@ import torch
 from click.testing import CliRunner
 
 from core.cli import main as cli
-from core.default_model import builtin_head_mesh_input, default_model, random_generator
+from core.default_model import builtin_head_mesh_input, default_model, tiny_builtin_generator
 from core.errors import CheckpointError, InputError
-from core.flame.builtin_head import builtin_head_topology
 from core.inversion.avatar_files import AVATAR_FILES, load_avatar, load_latent, save_avatar
 from core.inversion.perceptual import (LPIPS_CHANNELS, LpipsDistance, VGG16Features, load_lpips_weights,
                                        load_perceptual, load_vgg16, ssim)
 from core.inversion.pti import NO_PERCEPTUAL_WARNING, invert, psnr
 from core.io.generator_io import load_generator, save_generator
 from core.io.images import read_image, to_uint8, write_png
-from core.networks.next3d import Next3DConfig
 from core.rendering.camera import ffhq_camera
-from core.rendering.volume import RenderingOptions
 from core.sampling import latent_from_seed
-
-
-def tiny_config(image_resolution: int) -> Next3DConfig:
-    """The default's architecture on the built-in head, at 64 px planes and a 16 px neural rendering."""
-    topology = builtin_head_topology()
-    return Next3DConfig(channel_base=512, channel_max=16, mapping_layers=1, n_faces=int(topology.faces.shape[0]),
-                        n_uvcoords=int(topology.uvs.shape[0]), texture_resolution=64, plane_resolution=64,
-                        neural_rendering_resolution=16, image_resolution=image_resolution, mouth_input_size=16,
-                        blend_final_size=8, rendering=RenderingOptions(depth_resolution=8,
-                                                                       depth_resolution_importance=8))
-
-
-def tiny_generator(image_resolution: int = 32, seed: int = 1):
-    return random_generator(tiny_config(image_resolution), seed=seed, topology=builtin_head_topology())
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +54,7 @@ def test_inverting_own_render_recovers_it(mesh_input):
       is the same picture to the eye at 64 px (blank/unrelated images score 7-11 dB here);
     - tuned >= start + 15 dB and latent >= start + 8 dB: each phase did the work, not a lucky start;
     - tuned >= latent + 5 dB: pivotal tuning improved on the latent alone, as PTI should."""
-    generator = tiny_generator(64, seed=1)
+    generator = tiny_builtin_generator(64, seed=1)
     before = state_copy(generator)
     camera = ffhq_camera(0.2, -0.1)[None]
     target = render_target(generator, 5, camera, mesh_input)
@@ -102,7 +85,7 @@ def test_inverting_own_render_recovers_it(mesh_input):
 
 def test_input_generator_unchanged_even_when_trainable(mesh_input):
     """A generator whose weights require grad (e.g. one being trained) keeps its weights and gets no .grad."""
-    generator = tiny_generator(32).requires_grad_(True)
+    generator = tiny_builtin_generator(32).requires_grad_(True)
     before = state_copy(generator)
     camera = ffhq_camera()[None]
     target = render_target(generator, 3, camera, mesh_input)
@@ -113,7 +96,7 @@ def test_input_generator_unchanged_even_when_trainable(mesh_input):
 
 
 def test_should_stop_ends_early_and_nothing_is_saved(mesh_input, tmp_path):
-    generator = tiny_generator(32)
+    generator = tiny_builtin_generator(32)
     camera = ffhq_camera()[None]
     target = render_target(generator, 3, camera, mesh_input)
     calls = []
@@ -133,7 +116,7 @@ def test_should_stop_ends_early_and_nothing_is_saved(mesh_input, tmp_path):
 
 
 def test_invert_checks_inputs(mesh_input):
-    generator = tiny_generator(32)
+    generator = tiny_builtin_generator(32)
     camera = ffhq_camera()[None]
     with pytest.raises(InputError, match="target has shape"):
         invert(generator, torch.zeros(1, 3, 64, 64), camera, mesh_input, latent_steps=1, tune_steps=0)
@@ -189,7 +172,7 @@ def test_default_model_short_run_saves_and_reloads(tmp_path):
 
 
 def test_load_latent_errors(tmp_path):
-    generator = tiny_generator(32)  # 20 ws (64 px planes)
+    generator = tiny_builtin_generator(32)  # 20 ws (64 px planes)
     n = generator.num_ws
     good = tmp_path / "good.npy"
     np.save(good, np.zeros((n, 512), np.float32))  # [num_ws, w_dim] is accepted too
@@ -299,7 +282,7 @@ def test_ssim():
 
 def test_invert_with_perceptual_loss(vgg_files, mesh_input):
     root, _, _ = vgg_files
-    generator = tiny_generator(32)
+    generator = tiny_builtin_generator(32)
     camera = ffhq_camera()[None]
     target = render_target(generator, 3, camera, mesh_input)
     result = invert(generator, target, camera, mesh_input, latent_steps=2, tune_steps=2,
@@ -315,7 +298,7 @@ def test_invert_with_perceptual_loss(vgg_files, mesh_input):
 def cli_files(tmp_path_factory, mesh_input):
     """A tiny 32 px model saved as a normal checkpoint, an aligned portrait it rendered, its camera and mesh."""
     root = tmp_path_factory.mktemp("invert_cli")
-    generator = tiny_generator(32, seed=2)
+    generator = tiny_builtin_generator(32, seed=2)
     save_generator(root / "tiny.safetensors", generator)
     camera = ffhq_camera()  # the render command's default camera, so its frame can be compared
     np.save(root / "camera.npy", camera.numpy())

@@ -15,6 +15,7 @@ import torch
 from click.testing import CliRunner
 
 from core.cli import main as cli
+from core.default_model import tiny_builtin_generator
 from core.errors import InputError
 from core.flame import FlameModel, load_model_data
 from core.flame.builtin_head import BUILTIN_HEAD_PATH
@@ -229,9 +230,7 @@ def test_eye_fit_recovers_gaze_from_projected_points(flame):
 
 def test_cli_invert_a_photo(astronaut, tmp_path):
     """`next3d invert photo.png` with a tiny model: detection, crop, fit, inversion, and the portrait/ folder."""
-    from test_inversion import tiny_generator  # tests/core is on sys.path (pytest puts a test file's folder there)
-
-    save_generator(tmp_path / "tiny.safetensors", tiny_generator(32, seed=2))
+    save_generator(tmp_path / "tiny.safetensors", tiny_builtin_generator(32, seed=2))
     write_png(tmp_path / "photo.png", astronaut)
     out = tmp_path / "me"
     result = CliRunner().invoke(cli, ["invert", str(tmp_path / "photo.png"), "--out", str(out), "--model",

@@ -21,8 +21,9 @@ __all__ = ["train_command", "make_dataset_command", "evaluate_command"]
               help="Dataset folder: images/, dataset.json, meshes.npz, topology.npz (see `next3d make-dataset`).")
 @click.option("--outdir", required=True, type=click.Path(file_okay=False),
               help="Run folder. Running the same command again resumes from the newest snapshot in it.")
-@click.option("--cfg", type=click.Choice(["tiny", "small", "ffhq"]), default="small", show_default=True,
-              help="Network size: tiny (smoke tests), small (the bundled model), ffhq (the official network).")
+@click.option("--cfg", type=click.Choice(["tiny", "lite", "small", "ffhq"]), default="small", show_default=True,
+              help="Network size: tiny (smoke tests), lite (the bundled default, trains on a CPU), small (a GPU-sized "
+                   "small model), ffhq (the official network).")
 @click.option("--batch", "batch_size", default=4, show_default=True, help="Images per step.")
 @click.option("--kimg", "total_kimg", default=1000.0, show_default=True,
               help="Stop after this many thousand real images (counting from the start of the run).")
@@ -38,6 +39,10 @@ __all__ = ["train_command", "make_dataset_command", "evaluate_command"]
 @click.option("--gpc-reg-prob", default=0.5, show_default=True,
               help="Probability of conditioning the mapping on another image's camera (generator pose "
                    "conditioning).")
+@click.option("--recon-weight", default=0.0, show_default=True,
+              help="Reconstruction warm-up (not in the paper): also pull G's image for each mesh and camera toward "
+                   "the dataset image they came from (L1, this weight), fading to 0 over --recon-fade-kimg.")
+@click.option("--recon-fade-kimg", default=0.0, show_default=True, help="Length of the reconstruction warm-up.")
 @click.option("--disc-c-noise", default=1.0, show_default=True, help="Noise on D's camera label (x its batch std).")
 @click.option("--mesh-cond/--no-mesh-cond", default=True, show_default=True,
               help="Deformation-aware discriminator: show D a rendering of the FLAME mesh behind each image.")
@@ -53,7 +58,7 @@ __all__ = ["train_command", "make_dataset_command", "evaluate_command"]
 @click.option("--no-progress", is_flag=True, help="No progress bar (the log file is written anyway).")
 def train_command(data, outdir, cfg, batch_size, total_kimg, seed, r1_gamma, glr, dlr, density_reg, blur_init_sigma,
                   blur_fade_kimg,
-                  gpc_reg_prob, disc_c_noise, mesh_cond, snapshot_kimg, resume, resume_blur, device,
+                  gpc_reg_prob, recon_weight, recon_fade_kimg, disc_c_noise, mesh_cond, snapshot_kimg, resume, resume_blur, device,
                   no_progress) -> None:
     """Train a Next3D generator on a dataset of images, cameras and FLAME meshes.
 
@@ -70,7 +75,8 @@ def train_command(data, outdir, cfg, batch_size, total_kimg, seed, r1_gamma, glr
     options = TrainingOptions(data=data, outdir=outdir, cfg=cfg, batch_size=batch_size, total_kimg=total_kimg,
                               seed=seed, r1_gamma=r1_gamma, glr=glr, dlr=dlr, density_reg=density_reg,
                               blur_init_sigma=blur_init_sigma, blur_fade_kimg=blur_fade_kimg,
-                              gpc_reg_prob=gpc_reg_prob, disc_c_noise=disc_c_noise,
+                              gpc_reg_prob=gpc_reg_prob, recon_weight=recon_weight,
+                              recon_fade_kimg=recon_fade_kimg, disc_c_noise=disc_c_noise,
                               mesh_cond=mesh_cond, snapshot_kimg=snapshot_kimg,
                               resume=None if resume == "none" else resume, resume_blur=resume_blur, device=device,
                               progress=not no_progress)

@@ -54,7 +54,7 @@ __all__ = ["TrainingOptions", "TrainingResult", "Trainer", "train", "generator_p
 
 STATE_KIND = "next3d-training-state"
 PHASES = ("Gmain", "Greg", "Dmain", "Dreg")
-PRESETS = ("tiny", "small", "ffhq")
+PRESETS = ("tiny", "lite", "small", "ffhq")
 
 
 # ------------------------------------------------------------------------------------------------ options
@@ -82,6 +82,8 @@ class TrainingOptions:
     blur_fade_kimg: Optional[float] = None  # None: 200 * batch / 32 (EG3D)
     gpc_reg_prob: float = 0.5
     gpc_reg_fade_kimg: float = 1000.0
+    recon_weight: float = 0.0               # reconstruction warm-up (core.training.loss); 0 = EG3D's recipe
+    recon_fade_kimg: float = 0.0
     disc_c_noise: float = 1.0
     mesh_cond: bool = True                  # deformation-aware D (mesh rendering as extra input channels)
     mbstd_group: int = 4
@@ -112,6 +114,8 @@ def generator_preset(cfg: str, resolution: int, n_faces: int, n_uvcoords: int, n
     """The generator of a preset at a dataset resolution.
 
     tiny  - a few M parameters, for tests and smoke runs (planes 32, rendering 16, 12+12 samples per ray);
+    lite  - the bundled default, sized to train on 2 CPU cores: 6 M parameters, 64 px planes and texture,
+            rendering at image/2 (at most 32), 16+16 samples per ray;
     small - the bundled-model size, ~9 M parameters, 37 MB (planes 128, rendering 32 or image/8, 24+24 samples);
     ffhq  - the official FFHQ-512 network (planes 256, rendering 64, 48+48 samples).
     """
@@ -121,6 +125,12 @@ def generator_preset(cfg: str, resolution: int, n_faces: int, n_uvcoords: int, n
                             neural_rendering_resolution=min(16, resolution // 4), blend_final_size=8,
                             mouth_input_size=16, rendering=RenderingOptions(depth_resolution=12,
                                                                             depth_resolution_importance=12),
+                            **common)
+    if cfg == "lite":
+        return Next3DConfig(channel_base=2048, channel_max=32, texture_resolution=64, plane_resolution=64,
+                            neural_rendering_resolution=min(32, resolution // 2), blend_final_size=16,
+                            mouth_input_size=32, rendering=RenderingOptions(depth_resolution=16,
+                                                                            depth_resolution_importance=16),
                             **common)
     if cfg == "small":
         return Next3DConfig(channel_base=4096, channel_max=64, texture_resolution=128, plane_resolution=128,
@@ -135,7 +145,7 @@ def generator_preset(cfg: str, resolution: int, n_faces: int, n_uvcoords: int, n
 
 def discriminator_preset(cfg: str) -> Tuple[int, int]:
     """(channel_base, channel_max) of the discriminator of a preset."""
-    return {"tiny": (1024, 32), "small": (8192, 128), "ffhq": (32768, 512)}.get(cfg, (32768, 512))
+    return {"tiny": (1024, 32), "lite": (4096, 64), "small": (8192, 128), "ffhq": (32768, 512)}.get(cfg, (32768, 512))
 
 
 @dataclass
@@ -276,7 +286,8 @@ class Trainer:
         self.loss = Next3DLoss(self.G, self.D, LossOptions(
             r1_gamma=o.r1_gamma, density_reg=o.density_reg, density_reg_p_dist=o.density_reg_p_dist,
             blur_init_sigma=self.blur_init_sigma, blur_fade_kimg=blur_fade, gpc_reg_prob=o.gpc_reg_prob,
-            gpc_reg_fade_kimg=o.gpc_reg_fade_kimg))
+            gpc_reg_fade_kimg=o.gpc_reg_fade_kimg, recon_weight=o.recon_weight,
+            recon_fade_kimg=o.recon_fade_kimg))
 
     def check_generator_fits(self, G: Next3DGenerator, source: str) -> None:
         ds, cfg = self.dataset, G.config
@@ -403,11 +414,14 @@ class Trainer:
         mesh = torch.stack([self.mesh_rendering(int(i)) for i in indices]) if self.o.mesh_cond else None
         return RealBatch(image=images, c=c, mesh=mesh)
 
-    def fake_batch(self, indices: torch.Tensor, z: torch.Tensor) -> FakeBatch:
+    def fake_batch(self, indices: torch.Tensor, z: torch.Tensor, with_target: bool = False) -> FakeBatch:
         ds = self.dataset
         mesh = torch.stack([self.mesh_rendering(int(i)) for i in indices]) if self.o.mesh_cond else None
+        target = None
+        if with_target:
+            target = torch.stack([ds.image(int(i)) for i in indices]).to(self.device).float() / 127.5 - 1
         return FakeBatch(z=z.to(self.device), c=ds.labels[indices].to(self.device),
-                         v=ds.meshes[indices].to(self.device), mesh=mesh)
+                         v=ds.meshes[indices].to(self.device), mesh=mesh, target=target)
 
     # ---------------------------------------------------------------------------------------- grids
 
@@ -465,7 +479,8 @@ class Trainer:
             module, opt = (self.G, self.opt_G) if phase.startswith("G") else (self.D, self.opt_D)
             real_idx, gen_idx, z = draws[p]
             real = self.real_batch(real_idx) if phase.startswith("D") else None
-            fake = self.fake_batch(gen_idx, z)
+            fake = self.fake_batch(gen_idx, z, with_target=phase == "Gmain" and
+                                   self.loss.recon_weight(self.cur_nimg) > 0)
             opt.zero_grad(set_to_none=True)
             module.requires_grad_(True)
             stats.update(self.loss.accumulate_gradients(phase, real, fake, gain=float(interval),

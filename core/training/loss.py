@@ -15,6 +15,12 @@ given to G. Real raw images are the real image resized down to the neural render
 'image_raw'). During the first `blur_fade_kimg` thousand images, the final images (real and fake) and the real raw
 images are blurred with a Gaussian whose sigma fades linearly from `blur_init_sigma` to 0.
 
+Reconstruction warm-up (this project's addition, off by default): while `recon_weight` > 0, Gmain also pulls G's
+image and raw image for each fake's mesh and camera toward the dataset image those came from (L1), with a weight
+that fades linearly to 0 over `recon_fade_kimg`. With a random z the best G can do is the mean image for that mesh
+and camera, so it learns geometry, expression and gaze following the mesh quickly, and the adversarial loss,
+which is on from the first step, brings back the variety of appearances. It makes short runs on a CPU converge.
+
 Generator pose conditioning: the camera given to the mapping network is, with probability `swapping_prob`, the
 camera of another sample in the batch (torch.roll); the probability fades from 1 to `gpc_reg_prob` over
 `gpc_reg_fade_kimg` (EG3D).
@@ -45,6 +51,8 @@ class LossOptions:
     blur_fade_kimg: float = 200.0
     gpc_reg_prob: float = 0.5
     gpc_reg_fade_kimg: float = 1000.0
+    recon_weight: float = 0.0
+    recon_fade_kimg: float = 0.0
     noise_mode: str = "random"
 
 
@@ -61,6 +69,7 @@ class FakeBatch:
     c: torch.Tensor                      # [B, 25] camera to render from (and, unless swapped, to condition on)
     v: torch.Tensor                      # [B, V + 68, 3] mesh input of G
     mesh: Optional[torch.Tensor] = None  # [B, Cm, R, R] rendering of v from c
+    target: Optional[torch.Tensor] = None  # [B, 3, R, R] the dataset image of v and c (reconstruction warm-up)
 
 
 def resize_image(image: torch.Tensor, size: int) -> torch.Tensor:
@@ -96,6 +105,12 @@ class Next3DLoss:
         if o.blur_fade_kimg <= 0:
             return 0.0
         return max(1 - cur_nimg / (o.blur_fade_kimg * 1e3), 0) * o.blur_init_sigma
+
+    def recon_weight(self, cur_nimg: int) -> float:
+        o = self.options
+        if o.recon_weight <= 0 or o.recon_fade_kimg <= 0:
+            return 0.0
+        return max(1 - cur_nimg / (o.recon_fade_kimg * 1e3), 0) * o.recon_weight
 
     def swapping_prob(self, cur_nimg: int) -> float:
         o = self.options
@@ -137,8 +152,17 @@ class Next3DLoss:
             out = self.run_G(fake, swapping_prob)
             logits = self.run_D(out.image, out.image_raw, fake.c, fake.mesh, blur_sigma)
             loss = F.softplus(-logits)
-            loss.mean().mul(gain).backward()
+            total = loss.mean()
             stats.update(loss_G=float(loss.detach().mean()), score_fake_G=float(logits.detach().mean()))
+            recon_weight = self.recon_weight(cur_nimg)
+            if recon_weight > 0:
+                if fake.target is None:
+                    raise ValueError("the reconstruction warm-up needs FakeBatch.target")
+                recon = (F.l1_loss(out.image, fake.target) +
+                         F.l1_loss(out.image_raw, resize_image(fake.target, out.image_raw.shape[-1])))
+                total = total + recon * recon_weight
+                stats.update(loss_recon=float(recon.detach()), recon_weight=recon_weight)
+            total.mul(gain).backward()
         elif phase == "Greg":
             if o.density_reg <= 0:
                 return stats

@@ -273,3 +273,30 @@ def test_train_command_reports_a_missing_dataset(tmp_path):
                                                 str(tmp_path / "run"), "--no-progress"])
     assert isinstance(result.exception, InputError)
     assert "nowhere" in str(result.exception) and "make-dataset" in str(result.exception)
+
+
+def test_reconstruction_warm_up_pulls_G_toward_the_dataset_images_and_fades(dataset_dir, tmp_path):
+    options = _options(dataset_dir, tmp_path / "warm", 1, recon_weight=10.0, recon_fade_kimg=0.1)
+    trainer = Trainer(options)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        trainer.build()
+        loss = trainer.loss
+        assert loss.recon_weight(0) == 10.0 and loss.recon_weight(50) == 5.0 and loss.recon_weight(100) == 0.0
+        fake = trainer.fake_batch(torch.tensor([0, 1]), torch.randn(2, trainer.G.config.z_dim), with_target=True)
+        assert fake.target.shape == (2, 3, 32, 32) and fake.target.min() >= -1 and fake.target.max() <= 1
+        recon = []
+        trainer.G.requires_grad_(True)
+        for _ in range(12):
+            trainer.opt_G.zero_grad(set_to_none=True)
+            stats = loss.accumulate_gradients("Gmain", None, fake, gain=1.0, cur_nimg=0)
+            trainer.opt_G.step()
+            recon.append(stats["loss_recon"])
+        assert all(np.isfinite(recon)) and stats["recon_weight"] == 10.0
+        assert recon[-1] < 0.8 * recon[0], recon
+        # Once faded out, Gmain is EG3D's loss alone, and needs no target image.
+        fake.target = None
+        late = loss.accumulate_gradients("Gmain", None, fake, gain=1.0, cur_nimg=100)
+        assert "loss_recon" not in late and np.isfinite(late["loss_G"])
+        with pytest.raises(ValueError, match="target"):
+            loss.accumulate_gradients("Gmain", None, fake, gain=1.0, cur_nimg=0)

@@ -496,8 +496,9 @@ def _latent(seed: int, z_dim: int):
 @click.option("--landmarks", type=click.Path(dir_okay=False), help="68 x 3 landmark text file for an .obj mesh.")
 @click.option("--resolution", default=256, show_default=True, type=click.IntRange(min=16),
               help="Lattice points per side of the density grid (official: 512).")
-@click.option("--level", default=10.0, show_default=True,
-              help="Raw density of the surface (official: 10; random weights need a lower one).")
+@click.option("--level", type=float, default=None,
+              help="Raw density of the surface [default: the official 10 when the model's density reaches it, "
+                   "else its 0.9 quantile (random weights, the bundled default)].")
 @click.option("--units", type=click.Choice(["flame", "world"]), default="flame", show_default=True,
               help="Vertex coordinates: the FLAME head frame (lines up with the rig) or EG3D world units.")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
@@ -520,7 +521,7 @@ def mesh(model, seed, psi, trunc_cutoff, mesh, landmarks, resolution, level, uni
 
     try:
         from .mesh.export import SUFFIXES, save_mesh
-        from .mesh.extract import extract_mesh
+        from .mesh.extract import extract_mesh, surface_level
     except ImportError as exc:
         raise InputError(f"Mesh extraction is not available in this installation ({exc}); update next3d-blender "
                          "to a version that has core/mesh.") from None
@@ -546,13 +547,16 @@ def mesh(model, seed, psi, trunc_cutoff, mesh, landmarks, resolution, level, uni
     try:
         with torch.no_grad():
             planes = generator.build_planes(identity, v.to(device))
+            if level is None:
+                level = surface_level(generator, planes)
             result = extract_mesh(generator, planes, resolution=resolution, level=level, units=units,
                                   progress=progress if bar is not None else None)
     finally:
         if bar is not None:
             bar.close()
     save_mesh(out, result)
-    click.echo(f"wrote {out} ({len(result.vertices)} vertices, {len(result.faces)} faces, {units} units)")
+    click.echo(f"wrote {out} ({len(result.vertices)} vertices, {len(result.faces)} faces, {units} units, level "
+               f"{level:.3g})")
 
 
 @main.command()
@@ -573,7 +577,7 @@ def demo(out: str, seed: int, n_frames: int) -> None:
     from .flame.animation import save_sequence
     from .flame.builtin_head import load_builtin_head_data
     from .io.images import ensure_writable_dir
-    from .mesh import extract_mesh, save_mesh, sigma_quantile
+    from .mesh import extract_mesh, save_mesh, surface_level
     from .rendering.camera import ffhq_camera
     from .sampling import latent_from_seed
     from .sequence.cameras import camera_track
@@ -600,8 +604,7 @@ def demo(out: str, seed: int, n_frames: int) -> None:
     jaw_frame = int(np.argmax(animation.frames.jaw[:, 0].numpy()))
     with torch.no_grad():
         planes = generator.build_planes(identity, source.mesh(jaw_frame)[None])
-        # Random weights have no density near the official level of 10; a trained model does.
-        level = 10.0 if model.trained else sigma_quantile(generator, planes, quantile=0.9)
+        level = surface_level(generator, planes)
         mesh = extract_mesh(generator, planes, resolution=128, level=level)
     path = save_mesh(out_dir / "demo_mesh.glb", mesh)
     click.echo(f"wrote {path} ({mesh.n_vertices} vertices, level {level:.3g}, frame {jaw_frame + 1})")

@@ -429,7 +429,7 @@ def preview_job(job: dict, arrays: Dict[str, np.ndarray], emit: Emit, should_sto
 def mesh_job(job: dict, arrays: Dict[str, np.ndarray], emit: Emit, should_stop: StopFn) -> dict:
     import torch
 
-    from .core.mesh import OFFICIAL_LEVEL, extract_mesh, sigma_quantile
+    from .core.mesh import extract_mesh, surface_level
 
     n, generator, description, flame, labels, identity = _prepare(job, arrays, emit)
     numbers = [int(x) for x in arrays["numbers"]]
@@ -444,15 +444,8 @@ def mesh_job(job: dict, arrays: Dict[str, np.ndarray], emit: Emit, should_stop: 
         device = next(generator.parameters()).device
         with torch.no_grad():
             planes = generator.build_planes(identity, src.mesh_input(number)[None].to(device))
-        used_level = float(level) if level is not None else OFFICIAL_LEVEL
-        try:
-            mesh = extract_mesh(generator, planes, resolution=resolution, level=used_level, units="flame")
-        except InputError:
-            if level is not None:
-                raise
-            # Untrained (random) weights do not put the density on the trained scale: use a quantile instead.
-            used_level = sigma_quantile(generator, planes, 0.9, resolution=min(64, resolution))
-            mesh = extract_mesh(generator, planes, resolution=resolution, level=used_level, units="flame")
+        used_level = float(level) if level is not None else surface_level(generator, planes)
+        mesh = extract_mesh(generator, planes, resolution=resolution, level=used_level, units="flame")
         colors = mesh.colors if mesh.colors is not None else np.full((mesh.n_vertices, 3), 200, np.uint8)
         emit("mesh", {"number": number, "done": k + 1, "total": len(numbers), "level": used_level},
              {"vertices": mesh.vertices.astype(np.float32), "faces": mesh.faces.astype(np.int64),

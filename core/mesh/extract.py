@@ -673,17 +673,40 @@ def mesh_from_grid(sigma: np.ndarray, *, level: float = OFFICIAL_LEVEL, padding_
                              evaluated=n ** 3)
 
 
+def _inner_sigma(generator, planes, resolution: int, padding_voxels: Optional[int], density_fn, box_size: float
+                 ) -> np.ndarray:
+    """The raw density on a coarse lattice over the box, inside the border trim (official by default)."""
+    grid = dense_sigma(generator, planes, resolution, 2 ** 16, fast=True, density_fn=density_fn, box_size=box_size)
+    pad = official_padding(resolution) if padding_voxels is None else int(padding_voxels)
+    return grid[pad:resolution - pad, pad:resolution - pad, pad:resolution - pad]
+
+
+def _check_quantile(quantile: float) -> float:
+    if not (0.0 < float(quantile) < 1.0):
+        raise InputError(f"quantile = {quantile!r} must be between 0 and 1.")
+    return float(quantile)
+
+
 def sigma_quantile(generator=None, planes: Optional[torch.Tensor] = None, quantile: float = 0.9, *,
                    resolution: int = 64, padding_voxels: Optional[int] = None,
                    density_fn: Optional[DensityFn] = None, box_size: float = 1.0) -> float:
     """A quantile of the raw density over the trimmed box on a coarse lattice: a usable level for models whose
     density is not on the trained scale (random weights), where the official level 10 gives no surface."""
-    if not (0.0 < float(quantile) < 1.0):
-        raise InputError(f"quantile = {quantile!r} must be between 0 and 1.")
-    grid = dense_sigma(generator, planes, resolution, 2 ** 16, fast=True, density_fn=density_fn, box_size=box_size)
-    pad = official_padding(resolution) if padding_voxels is None else int(padding_voxels)
-    inner = grid[pad:resolution - pad, pad:resolution - pad, pad:resolution - pad]
-    return float(np.quantile(inner, float(quantile)))
+    quantile = _check_quantile(quantile)
+    return float(np.quantile(_inner_sigma(generator, planes, resolution, padding_voxels, density_fn, box_size),
+                             quantile))
+
+
+def surface_level(generator=None, planes: Optional[torch.Tensor] = None, quantile: float = 0.9, *,
+                  resolution: int = 64, density_fn: Optional[DensityFn] = None, box_size: float = 1.0) -> float:
+    """The iso-level to use when the user names none: the official 10 when the density inside the box reaches it
+    (models trained to the official scale), else the `quantile` of the density (random weights, and short trainings
+    such as the bundled default, whose density stays below 10)."""
+    quantile = _check_quantile(quantile)
+    inner = _inner_sigma(generator, planes, resolution, None, density_fn, box_size)
+    if float(inner.max()) > OFFICIAL_LEVEL:
+        return OFFICIAL_LEVEL
+    return float(np.quantile(inner, quantile))
 
 
 # ------------------------------------------------------------------------------------------- sequences

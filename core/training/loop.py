@@ -116,7 +116,7 @@ def generator_preset(cfg: str, resolution: int, n_faces: int, n_uvcoords: int, n
     tiny  - a few M parameters, for tests and smoke runs (planes 32, rendering 16, 12+12 samples per ray);
     lite  - the bundled default, sized to train on 2 CPU cores: 6 M parameters, 64 px planes and texture,
             rendering at image/2 (at most 32), 16+16 samples per ray;
-    small - the bundled-model size, ~9 M parameters, 37 MB (planes 128, rendering 32 or image/8, 24+24 samples);
+    small - ~9 M parameters, 37 MB, for a GPU (planes 128, rendering 32 or image/8, 24+24 samples);
     ffhq  - the official FFHQ-512 network (planes 256, rendering 64, 48+48 samples).
     """
     common = dict(n_faces=n_faces, n_uvcoords=n_uvcoords, n_vertices=n_vertices, image_resolution=resolution)
@@ -145,7 +145,8 @@ def generator_preset(cfg: str, resolution: int, n_faces: int, n_uvcoords: int, n
 
 def discriminator_preset(cfg: str) -> Tuple[int, int]:
     """(channel_base, channel_max) of the discriminator of a preset."""
-    return {"tiny": (1024, 32), "lite": (4096, 64), "small": (8192, 128), "ffhq": (32768, 512)}.get(cfg, (32768, 512))
+    presets = {"tiny": (1024, 32), "lite": (4096, 64), "small": (8192, 128), "ffhq": (32768, 512)}
+    return presets.get(cfg, presets["ffhq"])
 
 
 @dataclass
@@ -407,9 +408,13 @@ class Trainer:
             self.mesh_cache[index] = out.cpu()
         return out.float()
 
+    def images(self, indices: torch.Tensor) -> torch.Tensor:
+        """Dataset images [B, 3, R, R] in [-1, 1]."""
+        return torch.stack([self.dataset.image(int(i)) for i in indices]).to(self.device).float() / 127.5 - 1
+
     def real_batch(self, indices: torch.Tensor) -> RealBatch:
         ds = self.dataset
-        images = torch.stack([ds.image(int(i)) for i in indices]).to(self.device).float() / 127.5 - 1
+        images = self.images(indices)
         c = ds.labels[indices].to(self.device)
         mesh = torch.stack([self.mesh_rendering(int(i)) for i in indices]) if self.o.mesh_cond else None
         return RealBatch(image=images, c=c, mesh=mesh)
@@ -417,9 +422,7 @@ class Trainer:
     def fake_batch(self, indices: torch.Tensor, z: torch.Tensor, with_target: bool = False) -> FakeBatch:
         ds = self.dataset
         mesh = torch.stack([self.mesh_rendering(int(i)) for i in indices]) if self.o.mesh_cond else None
-        target = None
-        if with_target:
-            target = torch.stack([ds.image(int(i)) for i in indices]).to(self.device).float() / 127.5 - 1
+        target = self.images(indices) if with_target else None
         return FakeBatch(z=z.to(self.device), c=ds.labels[indices].to(self.device),
                          v=ds.meshes[indices].to(self.device), mesh=mesh, target=target)
 

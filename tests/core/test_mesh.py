@@ -12,7 +12,7 @@ from core.default_model import random_generator
 from core.errors import InputError
 from core.geometry.ellipsoid_head import ellipsoid_head
 from core.mesh import (ExtractedMesh, dense_sigma, extract_mesh, extract_sequence, flame_to_world, mesh_from_grid,
-                       save_mesh, sigma_quantile, world_to_flame)
+                       save_mesh, sigma_quantile, surface_level, world_to_flame)
 from core.rendering.camera import ffhq_camera
 from core.sampling import latent_from_seed
 
@@ -172,11 +172,24 @@ def test_lattice_decoder_matches_decode_points(frame):
     assert np.abs(slow - fast).max() <= 1e-4 * max(1.0, float(np.abs(slow).max()))
 
 
+def test_surface_level_is_the_official_one_when_the_density_reaches_it():
+    assert surface_level(density_fn=sphere_density(), resolution=24) == LEVEL
+    # A field that stays below 10 everywhere gets the quantile: a sphere of about the same size.
+    def low(p):
+        return sphere_density()(p) - 25.0
+    level = surface_level(density_fn=low, resolution=24)
+    assert level == sigma_quantile(density_fn=low, resolution=24) < LEVEL
+    radius = 0.3 - (level - LEVEL + 25.0) / 50.0      # where low() crosses the level
+    assert 0.1 < radius < 0.3
+    mesh = extract_mesh(density_fn=low, resolution=32, level=level, coarse_resolution=8, units="world")
+    assert mesh.n_faces > 100
+
+
 def test_generator_extraction(frame):
     generator, _, planes, _ = frame
     n = 56
-    level = sigma_quantile(generator, planes, 0.9, resolution=24)
-    assert level != LEVEL
+    level = surface_level(generator, planes, resolution=24)
+    assert level == sigma_quantile(generator, planes, 0.9, resolution=24) != LEVEL
     mesh = extract_mesh(generator, planes, resolution=n, level=level, coarse_resolution=16)
     assert mesh.n_faces > 100 and np.isfinite(mesh.vertices).all()
     assert mesh.colors is not None and mesh.colors.shape == (mesh.n_vertices, 3) and mesh.colors.dtype == np.uint8

@@ -128,7 +128,7 @@ def test_invert_checks_inputs(mesh_input):
 
 
 def test_default_model_short_run_saves_and_reloads(tmp_path):
-    """The bundled default (512 px) with 1 latent + 2 tuning steps: the loss falls in both phases, the avatar folder
+    """The bundled default model with 1 latent + 2 tuning steps: the loss falls in both phases, the avatar folder
     is written, and the reloaded generator + latent render the saved reconstruction."""
     model = default_model()
     generator, mesh = model.generator, model.mesh_input

@@ -498,7 +498,7 @@ def _latent(seed: int, z_dim: int):
               help="Lattice points per side of the density grid (official: 512).")
 @click.option("--level", type=float, default=None,
               help="Raw density of the surface [default: the official 10 when the model's density reaches it, "
-                   "else its 0.9 quantile (random weights, the bundled default)].")
+                   "else its 0.9 quantile (random weights)].")
 @click.option("--units", type=click.Choice(["flame", "world"]), default="flame", show_default=True,
               help="Vertex coordinates: the FLAME head frame (lines up with the rig) or EG3D world units.")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")

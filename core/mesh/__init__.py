@@ -5,5 +5,5 @@ from .extract import (OFFICIAL_LEVEL, ExtractedMesh, dense_sigma, extract_mesh, 
                       mesh_from_grid, official_padding, sigma_quantile, surface_level, world_to_flame)
 
 __all__ = ["ExtractedMesh", "extract_mesh", "dense_sigma", "mesh_from_grid", "sigma_quantile", "surface_level",
-           "extract_sequence", "world_to_flame", "flame_to_world", "official_padding", "OFFICIAL_LEVEL", "save_mesh", "vertex_normals",
-           "SUFFIXES"]
+           "extract_sequence", "world_to_flame", "flame_to_world", "official_padding", "OFFICIAL_LEVEL", "save_mesh",
+           "vertex_normals", "SUFFIXES"]

@@ -700,8 +700,8 @@ def sigma_quantile(generator=None, planes: Optional[torch.Tensor] = None, quanti
 def surface_level(generator=None, planes: Optional[torch.Tensor] = None, quantile: float = 0.9, *,
                   resolution: int = 64, density_fn: Optional[DensityFn] = None, box_size: float = 1.0) -> float:
     """The iso-level to use when the user names none: the official 10 when the density inside the box reaches it
-    (models trained to the official scale), else the `quantile` of the density (random weights, and short trainings
-    such as the bundled default, whose density stays below 10)."""
+    (trained models, the bundled default included), else the `quantile` of the density (random weights, whose
+    density is not on the trained scale)."""
     quantile = _check_quantile(quantile)
     inner = _inner_sigma(generator, planes, resolution, None, density_fn, box_size)
     if float(inner.max()) > OFFICIAL_LEVEL:

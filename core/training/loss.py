@@ -19,7 +19,8 @@ Reconstruction warm-up (this project's addition, off by default): while `recon_w
 image and raw image for each fake's mesh and camera toward the dataset image those came from (L1), with a weight
 that fades linearly to 0 over `recon_fade_kimg`. With a random z the best G can do is the mean image for that mesh
 and camera, so it learns geometry, expression and gaze following the mesh quickly, and the adversarial loss,
-which is on from the first step, brings back the variety of appearances. It makes short runs on a CPU converge.
+which is on from the first step, brings back the variety of appearances. It is meant for short runs on a CPU;
+the bundled default model was trained with it.
 
 Generator pose conditioning: the camera given to the mapping network is, with probability `swapping_prob`, the
 camera of another sample in the batch (torch.roll); the probability fades from 1 to `gpc_reg_prob` over

@@ -4,15 +4,14 @@ changes, and an animation.
     .venv/bin/python scripts/make_default_model_figures.py [--model PATH] [--out docs/images]
 
 Writes default_model_grid.png (rows: avatars of latent seeds 0..5; columns: front, camera 0.4 rad left and right,
-jaw open, smile, gaze left, gaze right) and default_model_animation.gif (three avatars side by side: the jaw opens,
-they smile, look left and right, and the camera orbits). Tiles are the model's own output, enlarged 2x with
-nearest-neighbour so the pixels stay honest.
+jaw open, smile, gaze left, gaze right) and default_model_animation.gif (three avatars side by side playing the
+`make demo` animation: the jaw opens, they smile, look left and right, and the head turns). Tiles are the model's
+own output, enlarged 2x with nearest-neighbour so the pixels stay honest.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.default_model import BUNDLED_WEIGHTS  # noqa: E402
+from core.demo import demo_animation  # noqa: E402
 from core.flame.builtin_head import BUILTIN_HEAD_PATH, load_builtin_head_data  # noqa: E402
 from core.flame.model import FlameModel  # noqa: E402
 from core.flame.model_data import FlameModelData  # noqa: E402
@@ -31,6 +31,8 @@ from core.io.generator_io import load_generator  # noqa: E402
 from core.io.images import to_uint8  # noqa: E402
 from core.rendering.camera import ffhq_camera  # noqa: E402
 from core.sampling import latent_from_seed  # noqa: E402
+from core.sequence.cameras import camera_track  # noqa: E402
+from core.sequence.render import FlameSequenceSource  # noqa: E402
 
 PITCH = -0.05
 
@@ -63,10 +65,9 @@ class Avatars:
                 latent_from_seed(s, generator.config.z_dim), ffhq_camera()[None], truncation_psi=0.7,
                 truncation_cutoff=generator.num_ws)) for s in seeds]
 
-    def render(self, k: int, v: torch.Tensor, yaw: float = 0.0) -> np.ndarray:
+    def render(self, k: int, v: torch.Tensor, camera: torch.Tensor) -> np.ndarray:
         with torch.no_grad():
-            frame = self.G.render_frame(self.identities[k], v, ffhq_camera(yaw=yaw, pitch=PITCH)[None],
-                                        generator=torch.Generator().manual_seed(k))
+            frame = self.G.render_frame(self.identities[k], v, camera[None], generator=torch.Generator().manual_seed(k))
         return enlarge(to_uint8(frame.image[0]))
 
 
@@ -74,23 +75,20 @@ def make_grid(avatars: Avatars, flame: FlameModel, n: int) -> np.ndarray:
     rest = pose(flame)
     columns = [(rest, 0.0), (rest, 0.4), (rest, -0.4), (pose(flame, jaw=0.3), 0.0), (pose(flame, smile=1.0), 0.0),
                (pose(flame, gaze=0.35), 0.0), (pose(flame, gaze=-0.35), 0.0)]
-    rows = [np.concatenate([avatars.render(k, v, yaw) for v, yaw in columns], axis=1) for k in range(n)]
+    rows = [np.concatenate([avatars.render(k, v, ffhq_camera(yaw=yaw, pitch=PITCH)) for v, yaw in columns], axis=1)
+            for k in range(n)]
     return np.concatenate(rows, axis=0)
 
 
-def bump(t: float, start: float, end: float) -> float:
-    u = min(max((t - start) / (end - start), 0.0), 1.0)
-    return 0.5 - 0.5 * math.cos(2 * math.pi * u)
-
-
 def make_animation(avatars: Avatars, flame: FlameModel, n_frames: int) -> list:
+    """The `make demo` animation (core.demo), head turn folded into the camera as `next3d demo` renders it."""
+    names = load_builtin_head_data()["expression_names"]
+    source = FlameSequenceSource(demo_animation(flame.n_shape, flame.n_expr, names, n_frames=n_frames), flame)
+    source.set_cameras(camera_track("fixed", len(source), yaw=0.0, pitch=PITCH))
     frames = []
-    for i in range(n_frames):
-        t = i / (n_frames - 1)
-        v = pose(flame, jaw=0.3 * bump(t, 0.0, 0.3), smile=bump(t, 0.2, 0.5),
-                 gaze=0.35 * math.sin(2 * math.pi * min(max((t - 0.45) / 0.3, 0.0), 1.0)))
-        yaw = 0.45 * math.sin(2 * math.pi * min(max((t - 0.7) / 0.3, 0.0), 1.0))
-        tiles = [avatars.render(k, v, yaw) for k in range(len(avatars.identities))]
+    for i in range(len(source)):
+        v, camera = source.mesh(i)[None], source.camera(i)
+        tiles = [avatars.render(k, v, camera) for k in range(len(avatars.identities))]
         frames.append(Image.fromarray(np.concatenate(tiles, axis=1)))
     return frames
 

@@ -174,7 +174,7 @@ def test_lattice_decoder_matches_decode_points(frame):
 
 def test_surface_level_is_the_official_one_when_the_density_reaches_it():
     assert surface_level(density_fn=sphere_density(), resolution=24) == LEVEL
-    # A field that stays below 10 everywhere gets the quantile: a sphere of about the same size.
+    # A field that stays below 10 everywhere gets the quantile, whose surface is a smaller sphere.
     def low(p):
         return sphere_density()(p) - 25.0
     level = surface_level(density_fn=low, resolution=24)

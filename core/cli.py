@@ -195,10 +195,15 @@ def _identity(generator, seed: int, psi: float, trunc_cutoff: int, device: str, 
 
 
 def _model_key(model: Optional[str]) -> str:
+    """How a file (model, FLAME model, latent) is named in a render's recorded settings: its path and a digest of its
+    content (for no model, the bundled default's), so that weights retrained in place never mix with the old."""
+    from .default_model import BUNDLED_WEIGHTS
+    from .io.fingerprint import file_fingerprint
+
     if model is None:
-        return "default"
+        return f"default ({file_fingerprint(BUNDLED_WEIGHTS)})" if BUNDLED_WEIGHTS.is_file() else "default"
     p = Path(model).resolve()
-    return f"{p} ({p.stat().st_size} bytes)" if p.is_file() else str(p)
+    return f"{p} ({file_fingerprint(p)})" if p.is_file() else str(p)
 
 
 def _set_sample_mult(generator, mult: float) -> None:
@@ -581,7 +586,7 @@ def demo(out: str, seed: int, n_frames: int) -> None:
     from .rendering.camera import ffhq_camera
     from .sampling import latent_from_seed
     from .sequence.cameras import camera_track
-    from .sequence.render import FlameSequenceSource, render_sequence
+    from .sequence.render import FlameSequenceSource, render_sequence, settings_differ
 
     out_dir = ensure_writable_dir(out)
     model = default_model()
@@ -597,9 +602,15 @@ def demo(out: str, seed: int, n_frames: int) -> None:
         ws = generator.mapping(latent_from_seed(seed, generator.config.z_dim), ffhq_camera()[None],
                                truncation_psi=0.7, truncation_cutoff=14)
         identity = generator.make_identity(ws)
+    settings = {"kind": "demo", "seed": seed, "frames": n_frames, "model": model.description,
+                "weights": _model_key(None)}
+    # The demo's folder holds only the demo's own frames: made with other settings (another seed, a new bundled
+    # model), they are rendered again rather than refused.
+    overwrite = settings_differ(out_dir / "frames", settings)
+    if overwrite:
+        click.echo(f"{out_dir / 'frames'} holds demo frames made with other settings; rendering them again")
     result = render_sequence(generator, identity, source, out_dir / "frames", seed=seed, fps=animation.fps,
-                             settings={"kind": "demo", "seed": seed, "frames": n_frames,
-                                       "model": model.description})
+                             settings=settings, overwrite=overwrite)
     click.echo(result.summary())
     jaw_frame = int(np.argmax(animation.frames.jaw[:, 0].numpy()))
     with torch.no_grad():

@@ -70,8 +70,18 @@ def _device(requested: str, warnings: List[str]) -> str:
     return "cuda" if requested == "cuda" else "cpu"
 
 
+def weights_fingerprint(model: dict) -> str:
+    """A digest of the weights file a model spec names (the bundled default's for the default), '' if there is none:
+    it keys the model cache and is recorded with rendered frames, so weights replaced in place are never mixed."""
+    from .core.default_model import BUNDLED_WEIGHTS
+    from .core.io.fingerprint import file_fingerprint
+
+    path = Path(model.get("path", "") or "") if model.get("source", "default") != "default" else BUNDLED_WEIGHTS
+    return file_fingerprint(path) if path.is_file() else ""
+
+
 def load_model(model: dict, warnings: List[str]):
-    """(generator, description) for a model spec; cached per (source, path, device)."""
+    """(generator, description) for a model spec; cached per (source, path, weights digest, device)."""
     source = model.get("source", "default")
     path = model.get("path", "") or ""
     device = _device(model.get("device", "cpu"), warnings)
@@ -91,7 +101,7 @@ def load_model(model: dict, warnings: List[str]):
             return load_generator(path, device), Path(path).name
         raise InputError(f"Unknown model source {source!r}; use default, official or project.")
 
-    return _cache_get(("model", source, path, device), build)
+    return _cache_get(("model", source, path, weights_fingerprint(model), device), build)
 
 
 def load_head_model(spec: dict, cache_dir: Optional[str]):
@@ -323,7 +333,7 @@ def _prepare(job: dict, arrays: Dict[str, np.ndarray], emit: Emit):
     labels = camera_labels(arrays, cfg)
     warnings += camera_warnings(labels, [int(x) for x in arrays["numbers"]], cfg)
     model_key = ("model", (job.get("model") or {}).get("source", "default"), (job.get("model") or {}).get("path", ""),
-                 str(next(generator.parameters()).device))
+                 weights_fingerprint(job.get("model") or {}), str(next(generator.parameters()).device))
     identity = avatar_identity(generator, model_key, job.get("seed", 0), job.get("truncation_psi", 0.7),
                                job.get("truncation_cutoff", 14), job.get("latent_path") or "")
     for w in warnings:
@@ -356,7 +366,8 @@ def render_job(job: dict, arrays: Dict[str, np.ndarray], emit: Emit, should_stop
     last_all = int(job.get("sequence_last", numbers[-1]))
     framed = FramedGenerator(generator, side, x0, y0, w, h)
     source = frame_source(FrameInputs(arrays, labels, flame), min(first_all, numbers[0]), max(last_all, numbers[-1]))
-    settings = {"model": description, "seed": int(job.get("seed", 0)), "latent": job.get("latent_path") or None,
+    settings = {"model": description, "weights": weights_fingerprint(job.get("model") or {}),
+                "seed": int(job.get("seed", 0)), "latent": job.get("latent_path") or None,
                 "truncation_psi": round(float(job.get("truncation_psi", 0.7)), 6),
                 "sample_seed": int(job.get("sample_seed", 0)), "width": w, "height": h,
                 "head": (job.get("head") or {}).get("kind", "default")}

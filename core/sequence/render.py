@@ -433,20 +433,28 @@ def _draws(generator: Next3DGenerator, numbers: Sequence[int], seed: int, device
     return RandomDraws(torch.cat(strat).to(device), torch.cat(imp).to(device))
 
 
+def _recorded_settings(out_dir: Path) -> Optional[dict]:
+    try:
+        with open(out_dir / SETTINGS_NAME, "r", encoding="utf-8") as fh:
+            return json.load(fh)
+    except (OSError, ValueError):
+        return None
+
+
+def settings_differ(out_dir: PathLike, settings: dict) -> bool:
+    """True if `out_dir` holds frames recorded with settings other than these (a render there would be refused
+    without overwrite)."""
+    old = _recorded_settings(Path(out_dir))
+    return isinstance(old, dict) and old != json.loads(json.dumps(settings, default=str, sort_keys=True))
+
+
 def _check_settings(out_dir: Path, settings: Optional[dict], overwrite: bool) -> None:
     """Refuse to mix frames of different renders in one folder: the settings of the frames on disk are kept in
     next3d_sequence.json and must equal this run's unless `overwrite`."""
     if settings is None:
         return
     settings = json.loads(json.dumps(settings, default=str, sort_keys=True))
-    path = out_dir / SETTINGS_NAME
-    old = None
-    if path.is_file():
-        try:
-            with open(path, "r", encoding="utf-8") as fh:
-                old = json.load(fh)
-        except (OSError, ValueError):
-            old = None
+    old = _recorded_settings(out_dir)
     if old == settings:
         return
     if isinstance(old, dict) and not overwrite:
@@ -454,7 +462,7 @@ def _check_settings(out_dir: Path, settings: Optional[dict], overwrite: bool) ->
                  if old.get(k) != settings.get(k)]
         raise InputError(f"{out_dir} holds frames rendered with other settings ({'; '.join(diffs[:4])}). Use "
                          "--overwrite (overwrite=True) to replace them, or choose another output folder.")
-    write_bytes_atomic(path, json.dumps(settings, indent=1, sort_keys=True).encode("utf-8"))
+    write_bytes_atomic(out_dir / SETTINGS_NAME, json.dumps(settings, indent=1, sort_keys=True).encode("utf-8"))
 
 
 def _remove_stale_temps(out_dir: Path, numbers: Sequence[int]) -> None:

@@ -84,6 +84,31 @@ def test_worker_runs_jobs_end_to_end(tiny_model, tmp_path):
     assert not client.alive
 
 
+def test_a_model_file_replaced_in_place_is_reloaded_and_not_mixed_with_its_old_frames(addon, tiny_model, tmp_path):
+    """A user who retrains into the same file: the job loads the new weights (not the cached ones) and refuses to
+    resume frames rendered with the old ones."""
+    from core.default_model import tiny_builtin_generator
+    from core.io.generator_io import save_generator
+
+    jobs = submodule("jobs")
+    InputError = submodule("core.errors").InputError  # the extension's vendored copy of core
+    model = tmp_path / "model.safetensors"
+    model.write_bytes(tiny_model.read_bytes())
+    out = tmp_path / "frames"
+    job = _job(model, kind="render", out_dir=str(out), sequence_first=1, sequence_last=2)
+    jobs.run_job(job, _frontal_frames([1, 2]), lambda *a: None)
+    old = {p.name: p.read_bytes() for p in out.glob("frame_*.png")}
+    assert len(old) == 2
+    save_generator(model, tiny_builtin_generator(32, seed=7))
+    assert model.stat().st_size == tiny_model.stat().st_size
+    with pytest.raises(InputError, match="other settings.*weights"):
+        jobs.run_job(job, _frontal_frames([1, 2]), lambda *a: None)
+    assert {p.name: p.read_bytes() for p in out.glob("frame_*.png")} == old
+    jobs.run_job(dict(job, overwrite=True), _frontal_frames([1, 2]), lambda *a: None)
+    new = {p.name: p.read_bytes() for p in out.glob("frame_*.png")}
+    assert set(new) == set(old) and new != old
+
+
 def test_worker_crash_is_an_error_report_not_a_crash(installed, tiny_model, tmp_path):
     client = WorkerClient(sys.executable)
     try:

@@ -155,6 +155,26 @@ def test_sequence_errors_name_the_argument_and_the_fix(files, tmp_path):
     assert result.exit_code == 2 and "--seeds expects" in result.output
 
 
+def test_weights_replaced_in_place_are_not_mixed_with_frames_of_the_old_ones(files, tmp_path):
+    """A model retrained under the same file name (same size, other weights) must not resume the old frames."""
+    model = tmp_path / "model.safetensors"
+    model.write_bytes((files / "tiny.safetensors").read_bytes())
+    args = sequence_args(files, tmp_path / "o", "--frames", "1-2", "--no-video")
+    args[args.index("--model") + 1] = str(model)
+    runner = CliRunner()
+    assert runner.invoke(cli, args).exit_code == 0
+    old = frame_bytes(tmp_path / "o")
+    save_generator(model, random_generator(TINY, seed=5, head=ellipsoid_head()))
+    assert model.stat().st_size == (files / "tiny.safetensors").stat().st_size
+    result = runner.invoke(cli, args)
+    assert result.exit_code != 0 and "other settings" in result.output and "--overwrite" in result.output, \
+        result.output
+    assert frame_bytes(tmp_path / "o") == old  # nothing was touched
+    result = runner.invoke(cli, args + ["--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert set(frame_bytes(tmp_path / "o")) == set(old) and frame_bytes(tmp_path / "o") != old
+
+
 def _video_frames(path):
     import imageio_ffmpeg
     reader = imageio_ffmpeg.read_frames(str(path))
@@ -188,3 +208,18 @@ def test_every_command_has_help_with_an_example(command):
     result = CliRunner().invoke(cli, ([command] if command else []) + ["--help"])
     assert result.exit_code == 0
     assert "Example: next3d " in result.output
+
+
+def test_demo_renders_again_when_its_folder_holds_frames_of_other_settings(tmp_path):
+    """`make demo` after a change (another seed here; a new bundled model in practice) re-renders rather than
+    refusing or keeping the old frames; the same settings skip the frames already there."""
+    runner = CliRunner()
+    first = runner.invoke(cli, ["demo", "--out", str(tmp_path), "--frames", "2", "--seed", "0"])
+    assert first.exit_code == 0, first.output
+    old = frame_bytes(tmp_path / "frames")
+    again = runner.invoke(cli, ["demo", "--out", str(tmp_path), "--frames", "2", "--seed", "0"])
+    assert again.exit_code == 0 and "2 of frames 1-2 were already there" in again.output, again.output
+    other = runner.invoke(cli, ["demo", "--out", str(tmp_path), "--frames", "2", "--seed", "1"])
+    assert other.exit_code == 0 and "rendering them again" in other.output and "wrote 2 frames" in other.output, \
+        other.output
+    assert set(frame_bytes(tmp_path / "frames")) == set(old) and frame_bytes(tmp_path / "frames") != old

@@ -18,7 +18,7 @@ from core.rendering.camera import ffhq_camera
 from core.sampling import latent_from_seed
 from core.sequence import (FixedCamera, LabelCamera, MeshFolderSource, OrbitCamera, StaticMeshSource,
                            VertexArraySource, camera_track, frame_name, frame_seed, load_camera_labels,
-                           parse_frame_range, render_sequence, write_video)
+                           parse_frame_range, render_sequence, settings_differ, write_video)
 from core.sequence.render import SequenceInterrupted
 
 TINY = TINY_CONFIG
@@ -228,8 +228,10 @@ def test_a_range_split_in_two_gives_the_same_frames_and_then_the_whole_video(tmp
 def test_other_settings_in_the_same_folder_are_refused_unless_overwrite(tmp_path, generator, identity,
                                                                       vertex_array):
     source = VertexArraySource(vertex_array[:2])
+    assert not settings_differ(tmp_path, {"seed": 1})  # nothing recorded yet
     render_sequence(generator, identity, source, tmp_path, progress=False, write_video=False,
                     settings={"seed": 1})
+    assert not settings_differ(tmp_path, {"seed": 1}) and settings_differ(tmp_path, {"seed": 2})
     with pytest.raises(InputError, match=r"other settings \(seed: 1 there, 2 now\).*--overwrite"):
         render_sequence(generator, identity, source, tmp_path, progress=False, settings={"seed": 2})
     result = render_sequence(generator, identity, source, tmp_path, progress=False, write_video=False,

@@ -609,6 +609,10 @@ def demo(out: str, seed: int, n_frames: int) -> None:
     overwrite = settings_differ(out_dir / "frames", settings)
     if overwrite:
         click.echo(f"{out_dir / 'frames'} holds demo frames made with other settings; rendering them again")
+        # A longer earlier demo left frames past this one's end; they would sit beside the new ones.
+        for path in (out_dir / "frames").glob("frame_*.png"):
+            if path.stem[len("frame_"):].isdigit() and int(path.stem[len("frame_"):]) > n_frames:
+                path.unlink()
     result = render_sequence(generator, identity, source, out_dir / "frames", seed=seed, fps=animation.fps,
                              settings=settings, overwrite=overwrite)
     click.echo(result.summary())

@@ -223,3 +223,14 @@ def test_demo_renders_again_when_its_folder_holds_frames_of_other_settings(tmp_p
     assert other.exit_code == 0 and "rendering them again" in other.output and "wrote 2 frames" in other.output, \
         other.output
     assert set(frame_bytes(tmp_path / "frames")) == set(old) and frame_bytes(tmp_path / "frames") != old
+
+
+def test_a_shorter_demo_removes_the_frames_past_its_end(tmp_path):
+    """The demo's folder holds only the demo's own frames: after a 3-frame demo, a 2-frame one leaves no frame 3."""
+    runner = CliRunner()
+    longer = runner.invoke(cli, ["demo", "--out", str(tmp_path), "--frames", "3"])
+    assert longer.exit_code == 0, longer.output
+    assert sorted(frame_bytes(tmp_path / "frames")) == ["frame_00001.png", "frame_00002.png", "frame_00003.png"]
+    shorter = runner.invoke(cli, ["demo", "--out", str(tmp_path), "--frames", "2"])
+    assert shorter.exit_code == 0 and "rendering them again" in shorter.output, shorter.output
+    assert sorted(frame_bytes(tmp_path / "frames")) == ["frame_00001.png", "frame_00002.png"]

@@ -50,8 +50,8 @@ def test_demo_animation_opens_the_jaw_smiles_looks_and_turns():
 def test_bundled_default_is_trained_consistent_across_views_and_local_in_its_changes():
     """The shipped weights against the same network with its initial random weights, on two held-out heads: training
     is what makes the depth agree between two cameras, the colours agree where both see the head, and the change
-    when the jaw opens or the eyes turn stay in the mouth and eye regions. (Measured on 2 CPU cores: trained 0.068,
-    0.042, 10.6, 10.3; untrained 0.138, 0.123, 4.4, 4.9.)"""
+    when the jaw opens or the eyes turn stay in the mouth and eye regions. (Measured on 2 CPU cores: trained 0.052,
+    0.035, 16.9, 9.4; untrained 0.138, 0.123, 4.4, 4.9.)"""
     model = default_model()
     assert model.trained and "bundled" in model.description
     assert BUNDLED_WEIGHTS.stat().st_size <= 50 * 2 ** 20
@@ -67,5 +67,5 @@ def test_bundled_default_is_trained_consistent_across_views_and_local_in_its_cha
     got, before = figures["trained"], figures["untrained"]
     assert got["consistency_depth_error"] < 0.1 < before["consistency_depth_error"], figures
     assert got["consistency_image_l1"] < 0.06 < before["consistency_image_l1"], figures
-    assert got["mouth_change_ratio"] > 7.0 > before["mouth_change_ratio"], figures
+    assert got["mouth_change_ratio"] > 10.0 > before["mouth_change_ratio"], figures
     assert got["gaze_change_ratio"] > 7.0 > before["gaze_change_ratio"], figures

@@ -586,7 +586,7 @@ def demo(out: str, seed: int, n_frames: int) -> None:
     from .rendering.camera import ffhq_camera
     from .sampling import latent_from_seed
     from .sequence.cameras import camera_track
-    from .sequence.render import FlameSequenceSource, render_sequence, settings_differ
+    from .sequence.render import FlameSequenceSource, frame_name, render_sequence, settings_differ
 
     out_dir = ensure_writable_dir(out)
     model = default_model()
@@ -610,8 +610,9 @@ def demo(out: str, seed: int, n_frames: int) -> None:
     if overwrite:
         click.echo(f"{out_dir / 'frames'} holds demo frames made with other settings; rendering them again")
         # A longer earlier demo left frames past this one's end; they would sit beside the new ones.
+        ours = {frame_name(n) for n in range(source.first_number, source.last_number + 1)}
         for path in (out_dir / "frames").glob("frame_*.png"):
-            if path.stem[len("frame_"):].isdigit() and int(path.stem[len("frame_"):]) > n_frames:
+            if path.name not in ours:
                 path.unlink()
     result = render_sequence(generator, identity, source, out_dir / "frames", seed=seed, fps=animation.fps,
                              settings=settings, overwrite=overwrite)

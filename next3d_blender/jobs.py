@@ -80,6 +80,12 @@ def weights_fingerprint(model: dict) -> str:
     return file_fingerprint(path) if path.is_file() else ""
 
 
+def model_cache_key(model: dict, device: str) -> tuple:
+    """What a model spec's generator is cached under, and the identities made with it: source, path, weights digest
+    and device."""
+    return ("model", model.get("source", "default"), model.get("path", "") or "", weights_fingerprint(model), device)
+
+
 def load_model(model: dict, warnings: List[str]):
     """(generator, description) for a model spec; cached per (source, path, weights digest, device)."""
     source = model.get("source", "default")
@@ -101,7 +107,7 @@ def load_model(model: dict, warnings: List[str]):
             return load_generator(path, device), Path(path).name
         raise InputError(f"Unknown model source {source!r}; use default, official or project.")
 
-    return _cache_get(("model", source, path, weights_fingerprint(model), device), build)
+    return _cache_get(model_cache_key(model, device), build)
 
 
 def load_head_model(spec: dict, cache_dir: Optional[str]):
@@ -332,8 +338,7 @@ def _prepare(job: dict, arrays: Dict[str, np.ndarray], emit: Emit):
                         "on; the rendering will not match the rig. Use the head that goes with the model.")
     labels = camera_labels(arrays, cfg)
     warnings += camera_warnings(labels, [int(x) for x in arrays["numbers"]], cfg)
-    model_key = ("model", (job.get("model") or {}).get("source", "default"), (job.get("model") or {}).get("path", ""),
-                 weights_fingerprint(job.get("model") or {}), str(next(generator.parameters()).device))
+    model_key = model_cache_key(job.get("model") or {}, str(next(generator.parameters()).device))
     identity = avatar_identity(generator, model_key, job.get("seed", 0), job.get("truncation_psi", 0.7),
                                job.get("truncation_cutoff", 14), job.get("latent_path") or "")
     for w in warnings:

@@ -197,13 +197,11 @@ def _identity(generator, seed: int, psi: float, trunc_cutoff: int, device: str, 
 def _model_key(model: Optional[str]) -> str:
     """How a file (model, FLAME model, latent) is named in a render's recorded settings: its path and a digest of its
     content (for no model, the bundled default's), so that weights retrained in place never mix with the old."""
-    from .default_model import BUNDLED_WEIGHTS
-    from .io.fingerprint import file_fingerprint
+    from .default_model import weights_digest
 
-    if model is None:
-        return f"default ({file_fingerprint(BUNDLED_WEIGHTS)})" if BUNDLED_WEIGHTS.is_file() else "default"
-    p = Path(model).resolve()
-    return f"{p} ({file_fingerprint(p)})" if p.is_file() else str(p)
+    name = "default" if model is None else str(Path(model).resolve())
+    digest = weights_digest(None if model is None else Path(name))
+    return f"{name} ({digest})" if digest else name
 
 
 def _set_sample_mult(generator, mult: float) -> None:

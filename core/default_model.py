@@ -28,6 +28,15 @@ TINY_CONFIG = Next3DConfig(channel_base=512, channel_max=16, texture_resolution=
                            neural_rendering_resolution=16, image_resolution=64, n_faces=N_FACES, n_uvcoords=N_UVS)
 
 
+def weights_digest(path: Optional[Path] = None) -> str:
+    """The content digest of a weights file, or of the bundled default's when no path is given; '' when there is
+    no such file. Renders record it, so weights replaced in place are never mixed with the old."""
+    from .io.fingerprint import file_fingerprint
+
+    path = BUNDLED_WEIGHTS if path is None else Path(path)
+    return file_fingerprint(path) if path.is_file() else ""
+
+
 @dataclass(frozen=True)
 class DefaultModel:
     generator: Next3DGenerator

@@ -73,11 +73,11 @@ def _device(requested: str, warnings: List[str]) -> str:
 def weights_fingerprint(model: dict) -> str:
     """A digest of the weights file a model spec names (the bundled default's for the default), '' if there is none:
     it keys the model cache and is recorded with rendered frames, so weights replaced in place are never mixed."""
-    from .core.default_model import BUNDLED_WEIGHTS
-    from .core.io.fingerprint import file_fingerprint
+    from .core.default_model import weights_digest
 
-    path = Path(model.get("path", "") or "") if model.get("source", "default") != "default" else BUNDLED_WEIGHTS
-    return file_fingerprint(path) if path.is_file() else ""
+    if model.get("source", "default") == "default":
+        return weights_digest()
+    return weights_digest(Path(model.get("path", "") or ""))
 
 
 def model_cache_key(model: dict, device: str) -> tuple:

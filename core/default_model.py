@@ -29,8 +29,9 @@ TINY_CONFIG = Next3DConfig(channel_base=512, channel_max=16, texture_resolution=
 
 
 def weights_digest(path: Optional[Path] = None) -> str:
-    """The content digest of a weights file, or of the bundled default's when no path is given; '' when there is
-    no such file. Renders record it, so weights replaced in place are never mixed with the old."""
+    """The content digest of a file a render depends on (weights, a FLAME model, a latent), or of the bundled
+    default weights when no path is given; '' when there is no such file. Renders record it, so files replaced in
+    place are never mixed with the old."""
     from .io.fingerprint import file_fingerprint
 
     path = BUNDLED_WEIGHTS if path is None else Path(path)

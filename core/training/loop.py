@@ -42,6 +42,7 @@ from ..io.images import ensure_writable_dir, write_png
 from ..io.safetensors_format import checkpoint_kind, load_checkpoint, save_checkpoint
 from ..networks.next3d import Next3DConfig, Next3DGenerator
 from ..rendering.volume import RenderingOptions
+from .appearance_code import appearance_codes
 from .dataset import FolderDataset
 from .discriminator import DualDiscriminator
 from .loss import FakeBatch, LossOptions, Next3DLoss, RealBatch
@@ -83,7 +84,8 @@ class TrainingOptions:
     gpc_reg_prob: float = 0.5
     gpc_reg_fade_kimg: float = 1000.0
     recon_weight: float = 0.0               # reconstruction warm-up (core.training.loss); 0 = EG3D's recipe
-    recon_fade_kimg: float = 0.0
+    recon_fade_kimg: float = 0.0            # 0 with recon_weight > 0: the weight stays, no fade
+    recon_appearance: bool = False          # reconstruction z carries the target's appearance code
     disc_c_noise: float = 1.0
     mesh_cond: bool = True                  # deformation-aware D (mesh rendering as extra input channels)
     mbstd_group: int = 4
@@ -248,11 +250,24 @@ class Trainer:
         self.closed_mesh = mesh_is_closed(ds.topology.faces)
         self.mesh_cache: Dict[int, torch.Tensor] = {}
         self.mesh_cache_limit = int(options.mesh_cache_mb * 2 ** 20) // max(1, 2 * 3 * ds.resolution ** 2)
+        self.codes = self._appearance_codes() if options.recon_appearance else None
         self.step = 0
         self.cur_nimg = 0
         self.elapsed = 0.0
         self.blur_init_sigma = options.blur_init_sigma
         self._stop = False
+
+    def _appearance_codes(self) -> torch.Tensor:
+        o, ds = self.o, self.dataset
+        if o.recon_weight <= 0:
+            raise InputError("recon_appearance only changes the reconstruction loss; give it a recon_weight > 0 "
+                             "(--recon-weight).")
+        records = ds.extras.get("appearance")
+        if records is None or records.ndim != 2:
+            raise InputError(f"{ds.root / 'meshes.npz'} has no `appearance` [N, A] records, which the appearance "
+                             "codes are made from; they are written by `next3d make-dataset`. Train without "
+                             "--recon-appearance on other data.")
+        return torch.as_tensor(appearance_codes(records))
 
     # ---------------------------------------------------------------------------------------- networks
 
@@ -423,6 +438,9 @@ class Trainer:
         ds = self.dataset
         mesh = torch.stack([self.mesh_rendering(int(i)) for i in indices]) if self.o.mesh_cond else None
         target = self.images(indices) if with_target else None
+        if with_target and self.codes is not None:
+            # The target's appearance code in front, random entries after it (core.training.appearance_code).
+            z = torch.cat([self.codes[indices], z[:, self.codes.shape[1]:]], dim=1)
         return FakeBatch(z=z.to(self.device), c=ds.labels[indices].to(self.device),
                          v=ds.meshes[indices].to(self.device), mesh=mesh, target=target)
 

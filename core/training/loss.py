@@ -17,9 +17,11 @@ images are blurred with a Gaussian whose sigma fades linearly from `blur_init_si
 
 Reconstruction warm-up (this project's addition, off by default): while `recon_weight` > 0, Gmain also pulls G's
 image and raw image for each fake's mesh and camera toward the dataset image those came from (L1), with a weight
-that fades linearly to 0 over `recon_fade_kimg`. With a random z the best G can do is the mean image for that mesh
-and camera, so it learns geometry, expression and gaze following the mesh quickly, and the adversarial loss,
-which is on from the first step, brings back the variety of appearances. It is meant for short runs on a CPU;
+that fades linearly to 0 over `recon_fade_kimg` (or stays, if that is 0). With a random z the best G can do is the
+mean image for that mesh and camera, so it learns geometry, expression and gaze following the mesh quickly, and
+the adversarial loss, which is on from the first step, brings back the variety of appearances. With
+`recon_appearance` (core.training.appearance_code) the fakes' z carries the target's appearance code instead, so
+the target is determined by (z, mesh, camera) and the loss can stay on. It is meant for short runs on a CPU;
 the bundled default model was trained with it.
 
 Generator pose conditioning: the camera given to the mapping network is, with probability `swapping_prob`, the
@@ -109,8 +111,10 @@ class Next3DLoss:
 
     def recon_weight(self, cur_nimg: int) -> float:
         o = self.options
-        if o.recon_weight <= 0 or o.recon_fade_kimg <= 0:
+        if o.recon_weight <= 0:
             return 0.0
+        if o.recon_fade_kimg <= 0:
+            return o.recon_weight
         return max(1 - cur_nimg / (o.recon_fade_kimg * 1e3), 0) * o.recon_weight
 
     def swapping_prob(self, cur_nimg: int) -> float:

@@ -15,7 +15,8 @@ from core.training.discriminator import DualDiscriminator
 from core.training.loop import Trainer, TrainingOptions, train
 from core.training.mesh_render import render_mesh_condition
 from core.training.metrics import FRECHET_NOT_COMPUTED, frechet_distance
-from core.training.synthetic import StandInHeadSampler, generate_dataset, mesh_is_closed
+from core.training.appearance_code import appearance_codes
+from core.training.synthetic import StandInHeadSampler, generate_dataset, mesh_is_closed, sample_appearance
 
 RES = 32
 
@@ -300,3 +301,63 @@ def test_reconstruction_warm_up_pulls_G_toward_the_dataset_images_and_fades(data
         assert "loss_recon" not in late and np.isfinite(late["loss_G"])
         with pytest.raises(ValueError, match="target"):
             loss.accumulate_gradients("Gmain", None, fake, gain=1.0, cur_nimg=0)
+
+
+# ------------------------------------------------------------------------------------------------ appearance codes
+
+def test_appearance_codes_are_standard_normal_uncorrelated_and_drop_dependent_fields():
+    rng = np.random.default_rng(0)
+    records = np.stack([sample_appearance(rng).as_array() for _ in range(600)])
+    codes = appearance_codes(records)
+    assert codes.dtype == np.float32 and codes.shape[0] == 600
+    np.testing.assert_array_equal(codes, appearance_codes(records.copy()))       # deterministic
+    np.testing.assert_allclose(codes.mean(0), 0, atol=1e-6)
+    np.testing.assert_allclose(codes.std(0), 1, atol=0.02)
+    assert np.abs(codes).max() < 4.5                                            # never where a random z cannot go
+    corr = np.corrcoef(codes.T)
+    assert np.abs(corr - np.eye(len(corr))).max() < 0.2
+    # A field that is an exact copy of another adds no direction; equal records get equal codes.
+    widened = np.concatenate([records, records[:, :1]], axis=1)
+    assert appearance_codes(widened).shape[1] == codes.shape[1]
+    twice = appearance_codes(np.concatenate([records, records[:5]]))
+    np.testing.assert_array_equal(twice[:5], twice[600:])
+    # The codes say which appearance an image has: a linear read-out recovers the skin colour from them.
+    skin = records[:, 0]
+    fit = np.linalg.lstsq(np.c_[codes, np.ones(600)], skin, rcond=None)[0]
+    residual = skin - np.c_[codes, np.ones(600)] @ fit
+    assert residual.std() < 0.35 * skin.std()
+    for bad, message in ((np.full((4, 3), np.nan), "NaN"), (np.ones((4, 3)), "do not vary")):
+        with pytest.raises(InputError, match=message):
+            appearance_codes(bad)
+
+
+def test_reconstruction_with_appearance_codes_gives_the_targets_code_and_keeps_its_weight(dataset_dir, tmp_path):
+    options = _options(dataset_dir, tmp_path / "codes", 1, recon_weight=4.0, recon_fade_kimg=0.0,
+                       recon_appearance=True)
+    trainer = Trainer(options)
+    trainer.build()
+    assert trainer.loss.recon_weight(0) == 4.0 == trainer.loss.recon_weight(10 ** 7)     # fade 0: no fade
+    codes = torch.as_tensor(appearance_codes(FolderDataset(dataset_dir).extras["appearance"]))
+    torch.testing.assert_close(trainer.codes, codes)
+    k = codes.shape[1]
+    z = torch.randn(2, trainer.G.config.z_dim)
+    fake = trainer.fake_batch(torch.tensor([2, 0]), z, with_target=True)
+    torch.testing.assert_close(fake.z[:, :k], codes[[2, 0]])
+    torch.testing.assert_close(fake.z[:, k:], z[:, k:])
+    assert fake.target is not None
+    assert torch.equal(trainer.fake_batch(torch.tensor([2, 0]), z).z, z)   # D's fakes keep a random z
+    trainer.G.requires_grad_(True)
+    stats = trainer.loss.accumulate_gradients("Gmain", None, fake, gain=1.0, cur_nimg=10 ** 7)
+    assert stats["recon_weight"] == 4.0 and np.isfinite(stats["loss_recon"])
+
+
+def test_reconstruction_with_appearance_codes_needs_records_and_a_weight(dataset_dir, tmp_path):
+    with pytest.raises(InputError, match="recon_weight"):
+        Trainer(_options(dataset_dir, tmp_path / "a", 1, recon_appearance=True))
+    root = tmp_path / "plain"
+    shutil.copytree(dataset_dir, root)
+    with np.load(root / "meshes.npz") as z:
+        arrays = {k: z[k] for k in z.files if k != "appearance"}
+    np.savez(root / "meshes.npz", **arrays)
+    with pytest.raises(InputError, match="appearance.*make-dataset"):
+        Trainer(_options(root, tmp_path / "b", 1, recon_weight=1.0, recon_appearance=True))

@@ -62,7 +62,7 @@ __all__ = ["train_command", "make_dataset_command", "evaluate_command"]
 @click.option("--no-progress", is_flag=True, help="No progress bar (the log file is written anyway).")
 def train_command(data, outdir, cfg, batch_size, total_kimg, seed, r1_gamma, glr, dlr, density_reg, blur_init_sigma,
                   blur_fade_kimg, gpc_reg_prob, recon_weight, recon_fade_kimg, recon_appearance, disc_c_noise,
-                  mesh_cond, snapshot_kimg,                   resume, resume_blur, device, no_progress) -> None:
+                  mesh_cond, snapshot_kimg, resume, resume_blur, device, no_progress) -> None:
     """Train a Next3D generator on a dataset of images, cameras and FLAME meshes.
 
     Uses EG3D's recipe (Adam betas (0, 0.99), non-saturating loss, lazy R1, density regularization, blur fade,

@@ -25,7 +25,7 @@ __all__ = ["appearance_codes"]
 
 def _normal_scores(column: np.ndarray) -> np.ndarray:
     """Rank-based standard normal scores of one column; equal values get the same score."""
-    values, inverse, counts = np.unique(column, return_inverse=True, return_counts=True)
+    _, inverse, counts = np.unique(column, return_inverse=True, return_counts=True)
     first = np.concatenate([[0], np.cumsum(counts)[:-1]])
     mean_rank = first + (counts - 1) / 2                 # 0-based mean rank of each distinct value
     u = (mean_rank[inverse.reshape(-1)] + 0.5) / len(column)

@@ -282,6 +282,9 @@ class Trainer:
                 torch.manual_seed(o.seed)
                 generator = Next3DGenerator(g_config, ds.topology)
         self.G = generator.to(self.device).train().requires_grad_(False)
+        if self.codes is not None and self.codes.shape[1] >= self.G.config.z_dim:
+            raise InputError(f"The dataset's appearance records give {self.codes.shape[1]} code entries, more than "
+                             f"G's z has ({self.G.config.z_dim}); train without --recon-appearance.")
         cb, cm = discriminator_preset(o.cfg)
         d_kwargs = dict(c_dim=25, img_resolution=ds.resolution, img_channels=3,
                         mesh_channels=MESH_CONDITION_CHANNELS if o.mesh_cond else 0, channel_base=cb,

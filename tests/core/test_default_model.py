@@ -50,8 +50,8 @@ def test_demo_animation_opens_the_jaw_smiles_looks_and_turns():
 def test_bundled_default_is_trained_consistent_across_views_and_local_in_its_changes():
     """The shipped weights against the same network with its initial random weights, on two held-out heads: training
     is what makes the depth agree between two cameras, the colours agree where both see the head, and the change
-    when the jaw opens or the eyes turn stay in the mouth and eye regions. (Measured on 2 CPU cores: trained 0.051,
-    0.035, 18.4, 10.4; untrained 0.138, 0.123, 4.4, 4.9.)"""
+    when the jaw opens or the eyes turn stay in the mouth and eye regions. (Measured on 2 CPU cores: trained 0.055,
+    0.035, 17.7, 8.9; untrained 0.138, 0.123, 4.4, 4.9.)"""
     model = default_model()
     assert model.trained and "bundled" in model.description
     assert BUNDLED_WEIGHTS.stat().st_size <= 50 * 2 ** 20

@@ -32,6 +32,10 @@ def _normal_scores(column: np.ndarray) -> np.ndarray:
     return torch.special.ndtri(torch.as_tensor(u, dtype=torch.float64)).numpy()
 
 
+def _normal_scores_by_column(matrix: np.ndarray) -> np.ndarray:
+    return np.stack([_normal_scores(matrix[:, j]) for j in range(matrix.shape[1])], axis=1)
+
+
 def appearance_codes(records: np.ndarray, rel_tol: float = 1e-6) -> np.ndarray:
     """[N, A] appearance records -> [N, K] float32 codes, each column standard normal, nearly uncorrelated (K <= A)."""
     records = np.asarray(records, dtype=np.float64)
@@ -40,7 +44,7 @@ def appearance_codes(records: np.ndarray, rel_tol: float = 1e-6) -> np.ndarray:
     if not np.isfinite(records).all():
         raise InputError("The dataset's appearance records contain NaN or infinity; regenerate meshes.npz with "
                          "next3d make-dataset.")
-    scores = np.stack([_normal_scores(records[:, j]) for j in range(records.shape[1])], axis=1)
+    scores = _normal_scores_by_column(records)
     scores -= scores.mean(0)
     cov = scores.T @ scores / len(scores)
     eigval, eigvec = np.linalg.eigh(cov)
@@ -56,5 +60,4 @@ def appearance_codes(records: np.ndarray, rel_tol: float = 1e-6) -> np.ndarray:
     whitened = scores @ basis
     # The weak directions are heavy-tailed (values of 10 where a random z never goes beyond ~4): ranking once more
     # makes every code entry exactly normal again, and keeps them nearly uncorrelated.
-    codes = np.stack([_normal_scores(whitened[:, k]) for k in range(whitened.shape[1])], axis=1)
-    return codes.astype(np.float32)
+    return _normal_scores_by_column(whitened).astype(np.float32)

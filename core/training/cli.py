@@ -47,6 +47,9 @@ __all__ = ["train_command", "make_dataset_command", "evaluate_command"]
 @click.option("--recon-appearance", is_flag=True,
               help="Give the reconstruction's z the target's appearance code (from the `appearance` records "
                    "next3d make-dataset writes), so G is pulled toward that image, not the average appearance.")
+@click.option("--d-warmup-kimg", default=0.0, show_default=True,
+              help="Train only D for the first this many kimg of the run, so a fresh D (as when --resume starts "
+                   "from a generator) catches up before G follows its gradients.")
 @click.option("--disc-c-noise", default=1.0, show_default=True, help="Noise on D's camera label (x its batch std).")
 @click.option("--mesh-cond/--no-mesh-cond", default=True, show_default=True,
               help="Deformation-aware discriminator: show D a rendering of the FLAME mesh behind each image.")
@@ -61,8 +64,8 @@ __all__ = ["train_command", "make_dataset_command", "evaluate_command"]
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--no-progress", is_flag=True, help="No progress bar (the log file is written anyway).")
 def train_command(data, outdir, cfg, batch_size, total_kimg, seed, r1_gamma, glr, dlr, density_reg, blur_init_sigma,
-                  blur_fade_kimg, gpc_reg_prob, recon_weight, recon_fade_kimg, recon_appearance, disc_c_noise,
-                  mesh_cond, snapshot_kimg, resume, resume_blur, device, no_progress) -> None:
+                  blur_fade_kimg, gpc_reg_prob, recon_weight, recon_fade_kimg, recon_appearance, d_warmup_kimg,
+                  disc_c_noise, mesh_cond, snapshot_kimg, resume, resume_blur, device, no_progress) -> None:
     """Train a Next3D generator on a dataset of images, cameras and FLAME meshes.
 
     Uses EG3D's recipe (Adam betas (0, 0.99), non-saturating loss, lazy R1, density regularization, blur fade,
@@ -80,7 +83,7 @@ def train_command(data, outdir, cfg, batch_size, total_kimg, seed, r1_gamma, glr
                               blur_init_sigma=blur_init_sigma, blur_fade_kimg=blur_fade_kimg,
                               gpc_reg_prob=gpc_reg_prob, recon_weight=recon_weight,
                               recon_fade_kimg=recon_fade_kimg, recon_appearance=recon_appearance,
-                              disc_c_noise=disc_c_noise,
+                              d_warmup_kimg=d_warmup_kimg, disc_c_noise=disc_c_noise,
                               mesh_cond=mesh_cond, snapshot_kimg=snapshot_kimg,
                               resume=None if resume == "none" else resume, resume_blur=resume_blur, device=device,
                               progress=not no_progress)

@@ -86,6 +86,7 @@ class TrainingOptions:
     recon_weight: float = 0.0               # reconstruction warm-up (core.training.loss); 0 = EG3D's recipe
     recon_fade_kimg: float = 0.0            # 0 with recon_weight > 0: the weight stays, no fade
     recon_appearance: bool = False          # reconstruction z carries the target's appearance code
+    d_warmup_kimg: float = 0.0              # train only D for the run's first this many kimg (a fresh D, trained G)
     disc_c_noise: float = 1.0
     mesh_cond: bool = True                  # deformation-aware D (mesh rendering as extra input channels)
     mbstd_group: int = 4
@@ -496,9 +497,11 @@ class Trainer:
             g = _step_generator(o.seed, self.step, p)
             draws.append((torch.randint(n, (B,), generator=g), torch.randint(n, (B,), generator=g),
                           torch.randn(B, self.G.config.z_dim, generator=g)))
+        # When a trained G meets a fresh D, D's first verdicts are noise; G waits until D has caught up.
+        d_only = self.cur_nimg < o.d_warmup_kimg * 1000
         for p, phase in enumerate(PHASES):
             interval = o.g_reg_interval if phase == "Greg" else o.d_reg_interval if phase == "Dreg" else 1
-            if interval <= 0 or self.step % interval != 0:
+            if interval <= 0 or self.step % interval != 0 or (d_only and phase.startswith("G")):
                 continue
             module, opt = (self.G, self.opt_G) if phase.startswith("G") else (self.D, self.opt_D)
             real_idx, gen_idx, z = draws[p]

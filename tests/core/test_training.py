@@ -243,6 +243,24 @@ def test_resume_gives_the_same_state_as_an_uninterrupted_run(runs):
     torch.testing.assert_close(G.decoder.net[0].weight, sb["G_ema.decoder.net.0.weight"], rtol=0, atol=0)
 
 
+def test_start_from_a_generator_with_a_D_warm_up_trains_D_before_G(runs, dataset_dir, tmp_path):
+    from core.io.generator_io import load_generator
+    network = runs[0] / "a" / "network-00000002.safetensors"
+    out = tmp_path / "from_generator"
+    train(_options(dataset_dir, out, 2, resume=str(network), d_warmup_kimg=0.002, snapshot_kimg=0.002))
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert log[0]["event"] == "init_from_generator" and log[0]["blur_init_sigma"] == 0.0
+    steps = [r for r in log if "event" not in r]
+    assert "loss_G" not in steps[0] and np.isfinite(steps[0]["loss_D_real"])   # step 0: D only
+    assert np.isfinite(steps[1]["loss_G"])                                      # step 1: G follows
+    start = dict(load_generator(network).named_parameters())
+    s1, s2 = _state(out / "state-00000001.safetensors"), _state(out / "state-00000002.safetensors")
+    assert all(torch.equal(p, s1[f"G.{n}"]) and torch.equal(p, s1[f"G_ema.{n}"]) for n, p in start.items())
+    assert any(not torch.equal(p, s2[f"G.{n}"]) for n, p in start.items())
+    d_keys = [k for k in s1 if k.startswith("D.")]
+    assert d_keys and any(not torch.equal(s1[k], s2[k]) for k in d_keys)
+
+
 def test_resume_refuses_a_different_batch_size(runs, dataset_dir):
     base = runs[0]
     opts = _options(dataset_dir, base / "b", 3)

@@ -190,6 +190,10 @@ def _state(path):
         return {k: f.get_tensor(k) for k in f.keys()}
 
 
+def _log(run):
+    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, dataset_dir):
     """Run A: 2 steps in one go, with a snapshot after every step. Run B: a new run folder that starts from A's
@@ -204,7 +208,7 @@ def runs(tmp_path_factory, dataset_dir):
 
 def test_one_step_changes_G_and_D_and_keeps_losses_finite(runs, dataset_dir):
     base = runs[0]
-    log = [json.loads(line) for line in (base / "a" / "log.jsonl").read_text().splitlines()]
+    log = _log(base / "a")
     first = next(r for r in log if r.get("step") == 1 and "event" not in r)
     assert first["kimg"] == 0.002
     # Step 0 runs all four phases (G main, density reg, D main, R1), and every loss is finite.
@@ -228,7 +232,7 @@ def test_one_step_changes_G_and_D_and_keeps_losses_finite(runs, dataset_dir):
 def test_resume_gives_the_same_state_as_an_uninterrupted_run(runs):
     base, a, b = runs
     assert a.step == b.step == 2 and b.cur_nimg == 4
-    log = [json.loads(line) for line in (base / "b" / "log.jsonl").read_text().splitlines()]
+    log = _log(base / "b")
     assert log[0]["event"] == "resume" and log[0]["step"] == 1
     sa = _state(base / "a" / "state-00000002.safetensors")
     sb = _state(base / "b" / "state-00000002.safetensors")
@@ -248,7 +252,7 @@ def test_start_from_a_generator_with_a_D_warm_up_trains_D_before_G(runs, dataset
     network = runs[0] / "a" / "network-00000002.safetensors"
     out = tmp_path / "from_generator"
     train(_options(dataset_dir, out, 2, resume=str(network), d_warmup_kimg=0.002, snapshot_kimg=0.002))
-    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    log = _log(out)
     assert log[0]["event"] == "init_from_generator" and log[0]["blur_init_sigma"] == 0.0
     steps = [r for r in log if "event" not in r]
     assert "loss_G" not in steps[0] and np.isfinite(steps[0]["loss_D_real"])   # step 0: D only

@@ -22,7 +22,7 @@ from ..errors import CheckpointError, InputError
 from .atomic import new_file_mode
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "EXTRA_PREFIX", "save_checkpoint", "load_checkpoint",
-           "checkpoint_kind", "describe_file_format"]
+           "checkpoint_kind", "stored_kind", "describe_file_format"]
 
 FORMAT_NAME = "next3d-blender"
 FORMAT_VERSION = "1"
@@ -80,6 +80,17 @@ def checkpoint_kind(path: str | os.PathLike) -> CheckpointKind:
         if isinstance(meta, dict) and meta.get("format") == FORMAT_NAME:
             return "next3d-safetensors"
     return "unknown"
+
+
+def stored_kind(path: str | os.PathLike) -> str | None:
+    """The `kind` a .safetensors file of this project says it holds ('next3d-generator', a training state, ...);
+    None for any other file. Reads only the header."""
+    header = _safetensors_header(os.fspath(path))
+    meta = header.get("__metadata__") if header is not None else None
+    if isinstance(meta, dict) and meta.get("format") == FORMAT_NAME:
+        kind = meta.get("kind")
+        return kind if isinstance(kind, str) else None
+    return None
 
 
 def describe_file_format(path: str | os.PathLike) -> str:

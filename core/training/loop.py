@@ -39,7 +39,7 @@ import torch
 from ..errors import CheckpointError, InputError
 from ..io.generator_io import load_generator, save_generator
 from ..io.images import ensure_writable_dir, write_png
-from ..io.safetensors_format import checkpoint_kind, load_checkpoint, save_checkpoint
+from ..io.safetensors_format import load_checkpoint, save_checkpoint, stored_kind
 from ..networks.next3d import Next3DConfig, Next3DGenerator
 from ..rendering.volume import RenderingOptions
 from .appearance_code import appearance_codes
@@ -635,16 +635,8 @@ class Trainer:
                               network_path=network_path, stopped_early=self._stop)
 
 
-def _safetensors_kind(path: Path) -> Optional[str]:
-    from ..io.safetensors_format import _safetensors_header
-
-    header = _safetensors_header(str(path))
-    meta = header.get("__metadata__") if header else None
-    return meta.get("kind") if isinstance(meta, dict) else None
-
-
 def _is_state(path: Path) -> bool:
-    return checkpoint_kind(path) == "next3d-safetensors" and _safetensors_kind(path) == STATE_KIND
+    return stored_kind(path) == STATE_KIND
 
 
 def load_training_state(path) -> Tuple[dict, Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:

@@ -15,7 +15,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from core.errors import CheckpointError, InputError
-from core.io import checkpoint_kind, load_checkpoint, save_checkpoint
+from core.io import checkpoint_kind, load_checkpoint, save_checkpoint, stored_kind
 
 CONFIG = {"z_dim": 512, "mapping_layers": 2, "orth_shift": [0.0, -0.01, -0.01], "name": "ffhq-512",
           "rendering": {"ray_start": 2.25, "ray_end": 3.3}, "sr": None}
@@ -186,3 +186,18 @@ def test_checkpoint_kind(tmp_path):
     empty = tmp_path / "e.bin"
     empty.write_bytes(b"")
     assert checkpoint_kind(empty) == "unknown"
+
+
+def test_stored_kind_reads_the_kind_from_the_header_of_our_files_only(tmp_path):
+    ours = tmp_path / "state.safetensors"
+    save_checkpoint(ours, _state_dict(), CONFIG, kind="next3d-training-state")
+    assert stored_kind(ours) == "next3d-training-state"
+    generator = tmp_path / "generator.safetensors"
+    save_checkpoint(generator, _state_dict(), CONFIG, kind="next3d-generator")
+    assert stored_kind(generator) == "next3d-generator"
+    other = tmp_path / "other.safetensors"
+    save_file({"w": torch.ones(1)}, str(other), metadata={"kind": "next3d-training-state"})
+    assert stored_kind(other) is None        # another project's file, whatever its metadata says
+    pkl = tmp_path / "a.pkl"
+    pkl.write_bytes(pickle.dumps({}, protocol=4))
+    assert stored_kind(pkl) is None

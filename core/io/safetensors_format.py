@@ -60,6 +60,13 @@ def _safetensors_header(path: str) -> dict | None:
     return parsed if isinstance(parsed, dict) else None
 
 
+def _project_metadata(path: str) -> dict | None:
+    """The metadata block of a safetensors file written by this project; None for any other file."""
+    header = _safetensors_header(path)
+    meta = header.get("__metadata__") if header is not None else None
+    return meta if isinstance(meta, dict) and meta.get("format") == FORMAT_NAME else None
+
+
 def checkpoint_kind(path: str | os.PathLike) -> CheckpointKind:
     """Tell the kind of a checkpoint file from its first bytes.
 
@@ -74,23 +81,15 @@ def checkpoint_kind(path: str | os.PathLike) -> CheckpointKind:
     head = _read_head(path, 2)
     if len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
         return "official-pickle"
-    header = _safetensors_header(path)
-    if header is not None:
-        meta = header.get("__metadata__")
-        if isinstance(meta, dict) and meta.get("format") == FORMAT_NAME:
-            return "next3d-safetensors"
-    return "unknown"
+    return "next3d-safetensors" if _project_metadata(path) is not None else "unknown"
 
 
 def stored_kind(path: str | os.PathLike) -> str | None:
     """The `kind` a .safetensors file of this project says it holds ('next3d-generator', a training state, ...);
     None for any other file. Reads only the header."""
-    header = _safetensors_header(os.fspath(path))
-    meta = header.get("__metadata__") if header is not None else None
-    if isinstance(meta, dict) and meta.get("format") == FORMAT_NAME:
-        kind = meta.get("kind")
-        return kind if isinstance(kind, str) else None
-    return None
+    meta = _project_metadata(os.fspath(path))
+    kind = meta.get("kind") if meta is not None else None
+    return kind if isinstance(kind, str) else None
 
 
 def describe_file_format(path: str | os.PathLike) -> str:

@@ -1,8 +1,10 @@
-"""Checkpoint I/O: the restricted reader of official Next3D network pickles and the project's safetensors format."""
+"""Checkpoint I/O: the restricted reader of official Next3D network pickles and the project's safetensors format.
+Names are imported from their module on first use, so `core.io.atomic` loads without torch."""
 
-from .official_pickle import OfficialNetwork, describe_official_pickle, load_official_pickle
-from .safetensors_format import (checkpoint_kind, describe_file_format, load_checkpoint, save_checkpoint,
-                                 stored_kind)
+from ..lazy_exports import lazy_exports
 
-__all__ = ["OfficialNetwork", "load_official_pickle", "describe_official_pickle", "save_checkpoint",
-           "load_checkpoint", "checkpoint_kind", "stored_kind", "describe_file_format"]
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "official_pickle": ["OfficialNetwork", "describe_official_pickle", "load_official_pickle"],
+    "safetensors_format": ["checkpoint_kind", "describe_file_format", "load_checkpoint", "save_checkpoint",
+                           "stored_kind"],
+})

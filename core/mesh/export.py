@@ -12,15 +12,15 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tempfile
 from pathlib import Path
 from typing import Callable, Optional, Union
 
 import numpy as np
 
 from ..errors import InputError
-from ..io.atomic import new_file_mode
-from .extract import ExtractedMesh
+from ..geometry.normals import vertex_normals
+from ..io.atomic import atomic_write
+from .extracted import ExtractedMesh
 
 SUFFIXES = (".ply", ".obj", ".glb")
 
@@ -57,35 +57,18 @@ def _check_mesh(mesh: ExtractedMesh):
     return np.ascontiguousarray(v, np.float32), np.ascontiguousarray(f, np.int64), c
 
 
-def _atomic_write(path: Path, write: Callable) -> None:
+def _write_atomic(path: Path, write: Callable) -> None:
+    """core.io.atomic's write, with the folder checked first and OS errors as one-line InputErrors."""
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         what = "is not a folder" if folder.exists() else "does not exist"
         raise InputError(f"Cannot write {str(path)!r}: {str(folder)!r} {what}; create the folder or choose another "
                          "one.")
     try:
-        fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=folder)
+        atomic_write(path, write)
     except OSError as exc:
-        raise InputError(f"Cannot write to the folder {str(folder)!r} ({exc.strerror or exc}); choose a folder you "
-                         "can write to.") from None
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-        os.chmod(tmp, new_file_mode())
-        os.replace(tmp, path)
-    except OSError as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise InputError(f"Writing {str(path)!r} failed ({exc.strerror or exc}); check the path and the free "
-                         "disk space.") from None
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+        raise InputError(f"Writing {str(path)!r} failed ({exc.strerror or exc}); check that you can write to "
+                         f"{str(folder)!r} and the free disk space.") from None
 
 
 def save_mesh(path: Union[str, os.PathLike], mesh: ExtractedMesh) -> Path:
@@ -98,7 +81,7 @@ def save_mesh(path: Union[str, os.PathLike], mesh: ExtractedMesh) -> Path:
                          f"{', '.join(SUFFIXES)}.")
     v, f, c = _check_mesh(mesh)
     writer = {".ply": _write_ply, ".obj": _write_obj, ".glb": _write_glb}[suffix]
-    _atomic_write(path, lambda fh: writer(fh, v, f, c))
+    _write_atomic(path, lambda fh: writer(fh, v, f, c))
     return path
 
 
@@ -141,20 +124,6 @@ def _write_obj(fh, v: np.ndarray, f: np.ndarray, c: Optional[np.ndarray]) -> Non
 
 
 # ------------------------------------------------------------------------------------------------- GLB
-
-def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    """Area-weighted unit vertex normals [N, 3] float32 (outward for counter-clockwise faces)."""
-    v = np.asarray(vertices, np.float64)
-    f = np.asarray(faces, np.int64)
-    fn = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
-    n = np.zeros_like(v)
-    for axis in range(3):
-        for corner in range(3):
-            n[:, axis] += np.bincount(f[:, corner], weights=fn[:, axis], minlength=len(v))
-    length = np.linalg.norm(n, axis=1, keepdims=True)
-    n = np.where(length > 0, n / np.maximum(length, 1e-300), np.array([0.0, 0.0, 1.0]))
-    return n.astype(np.float32)
-
 
 def _srgb_to_linear(c: np.ndarray) -> np.ndarray:
     x = c.astype(np.float64) / 255.0

@@ -40,16 +40,14 @@ the separable decoder keeps three [L^2, 64] tables (about 120 MB at 512^3).
 from __future__ import annotations
 
 import math
-import os
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 import torch.nn as nn
 
 from ..errors import InputError
+from .extracted import ExtractedMesh
 
 OFFICIAL_LEVEL = 10.0           # gen_samples / shape_utils default iso-level
 OFFICIAL_PAD_VALUE = -1000.0    # value written into the trimmed border
@@ -61,35 +59,6 @@ ProgressFn = Callable[[int, int], None]
 DensityFn = Callable[[torch.Tensor], Union[torch.Tensor, np.ndarray]]
 DEFAULT_COARSE_STEP = 4        # lattice points between coarse nodes (coarse_resolution=None)
 PROGRESS_TOTAL = 1000           # progress(done, PROGRESS_TOTAL): done grows monotonically to PROGRESS_TOTAL
-
-
-@dataclass(frozen=True, eq=False)
-class ExtractedMesh:
-    """A triangle mesh of the density's level set.
-
-    vertices: [N, 3] float32, in `units` ("flame": the head's own frame in metres, lined up with the FLAME rig;
-        "world": EG3D world units). faces: [M, 3] int64, counter-clockwise seen from outside (outward normals).
-    colors: [N, 3] uint8 or None. They are the first three neural features of the decoder at each vertex, mapped
-        like the raw volume-rendered image; the network was not trained to make them a surface colour, so they are
-        only a rough colour (the super-resolved image is the real appearance).
-    level: the iso-level in raw density units. resolution: lattice points per axis.
-    evaluated_points: how many lattice points were decoded (coarse + fine), for statistics."""
-
-    vertices: np.ndarray
-    faces: np.ndarray
-    colors: Optional[np.ndarray]
-    level: float
-    resolution: int
-    units: str = "flame"
-    evaluated_points: int = 0
-
-    @property
-    def n_vertices(self) -> int:
-        return int(self.vertices.shape[0])
-
-    @property
-    def n_faces(self) -> int:
-        return int(self.faces.shape[0])
 
 
 # --------------------------------------------------------------------------------------------- coordinates
@@ -707,51 +676,3 @@ def surface_level(generator=None, planes: Optional[torch.Tensor] = None, quantil
     if float(inner.max()) > OFFICIAL_LEVEL:
         return OFFICIAL_LEVEL
     return float(np.quantile(inner, quantile))
-
-
-# ------------------------------------------------------------------------------------------- sequences
-
-def extract_sequence(generator, identity, meshes_iter: Iterable, out_dir: Union[str, os.PathLike],
-                     fmt: str = ".glb", *, overwrite: bool = False, start: int = 1,
-                     on_frame: Optional[Callable[[int, Path, bool], None]] = None, noise_mode: str = "const",
-                     **extract_kwargs) -> List[Path]:
-    """One mesh per keyframe: out_dir/mesh_0001.glb, mesh_0002.glb, ...
-
-    meshes_iter yields the generator's `v` per keyframe ([1, 5091, 3] or [5091, 3], FLAME units), numbered from
-    `start`, or (frame_number, v) pairs. Files already on disk are skipped (their planes are not even built) unless
-    overwrite=True. extract_kwargs go to `extract_mesh` (resolution, level, ...). on_frame(number, path, skipped) is
-    called after each keyframe. Returns the paths of every keyframe, written or skipped."""
-    from .export import SUFFIXES, save_mesh
-    fmt = fmt if fmt.startswith(".") else "." + fmt
-    if fmt.lower() not in SUFFIXES:
-        raise InputError(f"Unknown mesh format {fmt!r}; use one of {', '.join(SUFFIXES)}.")
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"Cannot create the output folder {str(out)!r} ({exc.strerror or exc}); choose a folder "
-                         "you can write to.") from None
-    paths = []
-    for position, item in enumerate(meshes_iter):
-        if isinstance(item, tuple) and len(item) == 2:
-            number, v = int(item[0]), item[1]
-        else:
-            number, v = start + position, item
-        path = out / f"mesh_{number:04d}{fmt.lower()}"
-        paths.append(path)
-        if path.exists() and not overwrite:
-            if on_frame is not None:
-                on_frame(number, path, True)
-            continue
-        if isinstance(v, np.ndarray):
-            v = torch.from_numpy(v)
-        if isinstance(v, torch.Tensor) and v.ndim == 2:
-            v = v[None]
-        with torch.inference_mode():
-            planes = generator.build_planes(identity, v.float() if isinstance(v, torch.Tensor) else v,
-                                            noise_mode=noise_mode)
-        mesh = extract_mesh(generator, planes, **extract_kwargs)
-        save_mesh(path, mesh)
-        if on_frame is not None:
-            on_frame(number, path, False)
-    return paths

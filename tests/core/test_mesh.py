@@ -11,7 +11,7 @@ from scipy.spatial import cKDTree
 from core.default_model import random_generator
 from core.errors import InputError
 from core.geometry.ellipsoid_head import ellipsoid_head
-from core.mesh import (ExtractedMesh, dense_sigma, extract_mesh, extract_sequence, flame_to_world, mesh_from_grid,
+from core.mesh import (ExtractedMesh, dense_sigma, extract_mesh, flame_to_world, mesh_from_grid,
                        save_mesh, sigma_quantile, surface_level, world_to_flame)
 from core.rendering.camera import ffhq_camera
 from core.sampling import latent_from_seed
@@ -208,32 +208,6 @@ def test_generator_extraction(frame):
         extract_mesh(generator, planes.expand(2, -1, -1, -1, -1), resolution=n, level=level)
 
 
-def test_extract_sequence_skips_existing(frame, tmp_path, monkeypatch):
-    generator, identity, planes, head = frame
-    v = head.mesh_input()
-    level = -0.05
-    built = []
-
-    def cached_build_planes(ident, verts, noise_mode="const"):   # the planes of this head, without rebuilding
-        assert ident is identity and verts.shape == v.shape
-        built.append(noise_mode)
-        return planes
-    monkeypatch.setattr(generator, "build_planes", cached_build_planes)
-    seen = []
-    paths = extract_sequence(generator, identity, [v, v[0]], tmp_path / "shapes", ".ply", resolution=24,
-                             level=level, coarse_resolution=8, on_frame=lambda *a: seen.append(a))
-    assert [p.name for p in paths] == ["mesh_0001.ply", "mesh_0002.ply"] and all(p.is_file() for p in paths)
-    assert [s[2] for s in seen] == [False, False]
-    paths[0].write_bytes(b"keep")
-    extract_sequence(generator, identity, [v, v], tmp_path / "shapes", "ply", resolution=24, level=level,
-                     coarse_resolution=8, on_frame=lambda *a: seen.append(a))
-    assert [s[2] for s in seen[2:]] == [True, True] and paths[0].read_bytes() == b"keep"
-    extract_sequence(generator, identity, [(1, v)], tmp_path / "shapes", ".ply", resolution=24, level=level,
-                     coarse_resolution=8, overwrite=True)
-    assert paths[0].read_bytes().startswith(b"ply\n")
-    assert len(built) == 3                                       # skipped keyframes build no planes
-
-
 # ------------------------------------------------------------------------------------------------- export
 
 @pytest.fixture(scope="module")
@@ -333,7 +307,3 @@ def test_export_errors(small_mesh, tmp_path):
     blocker.write_text("x")
     with pytest.raises(InputError, match="is not a folder"):
         save_mesh(blocker / "head.glb", small_mesh)
-    with pytest.raises(InputError, match="Unknown mesh format"):
-        extract_sequence(None, None, [], tmp_path, ".fbx")
-    with pytest.raises(InputError):
-        extract_sequence(None, None, [], blocker / "sub", ".glb")

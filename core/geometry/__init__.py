@@ -1,1 +1,1 @@
-"""Meshes the engine can render without any licensed download."""
+"""Geometry needing no licensed download: the ellipsoid stand-in head and numpy vertex normals."""

@@ -1,7 +1,5 @@
-"""The built-in FLAME-format head (addon_assets/builtin_head.npz, made by scripts/make_builtin_head.py)."""
-
-import importlib.util
-from pathlib import Path
+"""The built-in FLAME-format head (addon_assets/builtin_head.npz, made by tools/builtin_head through
+scripts/make_builtin_head.py)."""
 
 import numpy as np
 import pytest
@@ -10,9 +8,8 @@ import torch
 from core.flame.builtin_head import BUILTIN_HEAD_NAME, BUILTIN_HEAD_PATH, builtin_head_topology, load_builtin_head_data
 from core.networks.next3d import Topology
 from core.rendering.orthographic import front_landmarks_2d, mouth_box, rasterize_views, view_alphas
+from tools.builtin_head.cli import main as make_builtin_head
 
-ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "scripts" / "make_builtin_head.py"
 V = 5023
 JAW, LEFT_EYE, RIGHT_EYE = 2, 3, 4
 
@@ -20,13 +17,6 @@ JAW, LEFT_EYE, RIGHT_EYE = 2, 3, 4
 @pytest.fixture(scope="module")
 def head():
     return load_builtin_head_data()
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("make_builtin_head", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _lbs(d, shape=None, expression=None, pose=None):
@@ -142,9 +132,8 @@ def test_surface_is_closed_and_consistently_oriented(head):
 
 
 def test_script_is_deterministic(tmp_path, head):
-    module = _script()
     out = tmp_path / "head.npz"
-    assert module.main(["--out", str(out)]) == 0
+    assert make_builtin_head(["--out", str(out)]) == 0
     with np.load(out, allow_pickle=False) as z:
         fresh = {k: z[k] for k in z.files}
     assert sorted(fresh) == sorted(head)

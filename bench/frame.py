@@ -1,4 +1,5 @@
-"""Per-frame cost of the Next3D generator at the official FFHQ-512 size (random weights), by stage (spec §M4).
+"""Per-frame cost of the Next3D generator at the official FFHQ-512 size (random weights), by stage
+(docs/architecture.md#cost-of-the-official-code).
 
 Prints one JSON line: per-stage seconds of an uncached frame, the median time of an uncached frame (identity +
 frame) and of a cached animation frame (identity computed once), and the peak RSS. Never asserts.

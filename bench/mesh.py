@@ -1,4 +1,4 @@
-"""Mesh extraction cost at the official 512^3 lattice (spec section 7), random weights, planes built once.
+"""Mesh extraction cost at the official 512^3 lattice (docs/mesh_extraction.md), random weights, planes built once.
 
 Prints one JSON line per model (the small random generator, and with --full the FFHQ-512-size one) with:
   (a) our coarse-to-fine extraction (median of --runs, vertex colours included);

@@ -1,7 +1,8 @@
 """Benchmark: the four orthographic rasterisations (+ the blending alphas) of the reference demo mesh.
 
-Prints one JSON line; never asserts. The official pytorch3d CPU path takes 13.9-15.0 s for the four views on a
-2-core CPU (spec M4). Run from the repository root: `python bench/raster.py [--device cuda] [--runs 7]`.
+Prints one JSON line; never asserts. The official pytorch3d CPU path takes 13.9-15.0 s for the four views on a 2-core
+CPU (docs/architecture.md#cost-of-the-official-code). Run from the repository root:
+`python bench/raster.py [--device cuda] [--runs 7]`.
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
 Spaces:
   * FLAME space: metres, x towards the subject's left, y up, z out of the face.
-  * EG3D world (spec sections 2.4 and 6): the generator's orthographic rasterisation places the FLAME mesh at
-    world = 2.5 * (x, y + 0.01, z) in its front and side views (the top view shifts z by -0.01 as well). Cameras are
+  * EG3D world (docs/flame.md#placement-in-the-generator-world, docs/camera.md#labels): the generator's orthographic
+    rasterisation places the FLAME mesh at world = 2.5 * (x, y + 0.01, z) in its front and side views (the top
+    view shifts z by -0.01 as well). Cameras are
     OpenCV cam2world 4x4 matrices (x right, y down, z = viewing direction) in that y-up world.
 
 Head pose: the generator was trained on meshes with the global rotation zeroed (DECA sets pose[:, :3] = 0), so a
@@ -31,7 +32,7 @@ __all__ = ["FLAME_TO_WORLD_SCALE", "VIEW_OFFSETS", "flame_to_world", "world_to_f
            "flame_transform_to_world", "fold_head_pose_into_camera", "fold_head_pose_into_label"]
 
 FLAME_TO_WORLD_SCALE = 2.5
-# FLAME-space offsets added before scaling, per orthographic view of the generator (spec section 2.4).
+# FLAME-space offsets added before scaling, per orthographic view of the generator (docs/flame.md).
 VIEW_OFFSETS = {
     "front": (0.0, 0.01, 0.0),
     "side": (0.0, 0.01, 0.0),

@@ -4,9 +4,9 @@ Built from a `FlameModelData` (an official model converted by `official.py`, or 
 layout). Evaluation is smplx's `lbs` (blend shapes, the 5 joints global / neck / jaw / left eye / right eye,
 pose correctives, linear blend skinning) and `vertices2landmarks` (barycentric points on the deformed faces).
 
-What the Next3D generator consumes (spec section 3) is the mesh with the *global* rotation zeroed: DECA zeroes it
-before FLAME, and the head pose is carried by the camera. So by default `forward` leaves `global_rotation` out
-of the vertices; fold it into the camera with `conversions.fold_head_pose_into_camera`.
+What the Next3D generator consumes (docs/flame.md#generator-input) is the mesh with the *global* rotation zeroed:
+DECA zeroes it before FLAME, and the head pose is carried by the camera. So by default `forward` leaves
+`global_rotation` out of the vertices; fold it into the camera with `conversions.fold_head_pose_into_camera`.
 """
 
 from __future__ import annotations

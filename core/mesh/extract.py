@@ -1,4 +1,4 @@
-"""Mesh extraction from the Next3D density field (spec section 7), coarse to fine.
+"""Mesh extraction from the Next3D density field (docs/mesh_extraction.md), coarse to fine.
 
 The official `gen_samples --shapes` evaluates the raw decoder density (pre-softplus) on a dense N^3 lattice over
 [-box_warp/2, box_warp/2]^3 (N points per axis, voxel size box_warp/(N-1), corner at -box_warp/2), sets a border of
@@ -29,8 +29,9 @@ point; then softplus and the density row of the second layer. Off-lattice points
 another structure use `Next3DGenerator.decode_points`.
 
 Output coordinates are FLAME units (the head's own frame: x to the subject's left, y up, z forward, metres), the
-inverse of the front-view placement of spec section 2.4: world = (box_warp/2) * orth_scale * (x + shift_x,
-y - shift_y, z), i.e. world = 2.5 (x, y + 0.01, z) for the official settings. The official .ply instead has voxel
+inverse of the front-view placement (docs/flame.md#placement-in-the-generator-world):
+world = (box_warp/2) * orth_scale * (x + shift_x, y - shift_y, z), i.e. world = 2.5 (x, y + 0.01, z) for the
+official settings. The official .ply instead has voxel
 units with the axes (z, y, flipped x); this module outputs proper coordinates with no flip.
 
 Memory: the lattice inside the border trim is held as float32 plus two boolean masks (about 300 MB at 512^3), and
@@ -84,9 +85,9 @@ def _flame_scale(box_warp: float, orth_scale: float) -> float:
 
 def world_to_flame(points, box_warp: float = 1.0, orth_scale: float = DEFAULT_ORTH_SCALE,
                    orth_shift: Sequence[float] = DEFAULT_ORTH_SHIFT) -> np.ndarray:
-    """EG3D world -> FLAME units: the inverse of the front-view placement (spec 2.4). With the official settings,
+    """EG3D world -> FLAME units: the inverse of the front-view placement (docs/flame.md). With the official settings,
     flame = world / 2.5 - (0, 0.01, 0). The front view fixes x and y; z has no exact counterpart (the side and
-    top planes are crossed, spec 2.9), so it uses the same scale with no shift."""
+    top planes are crossed, docs/official_quirks.md#crossed-planes), so it uses the same scale with no shift."""
     k = _flame_scale(box_warp, orth_scale)
     p = np.asarray(points, np.float64) / k
     return p + np.array([-orth_shift[0], orth_shift[1], 0.0])

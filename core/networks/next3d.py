@@ -1,6 +1,6 @@
-"""The Next3D generator (spec §2): neural texture + dynamic/static tri-planes + mouth module + neural blending,
-volume rendering and super-resolution. Module and buffer names equal the official `TriPlaneGenerator`'s, so the
-official G_ema state dict loads strictly.
+"""The Next3D generator (docs/architecture.md): neural texture + dynamic/static tri-planes + mouth module + neural
+blending, volume rendering and super-resolution. Module and buffer names equal the official `TriPlaneGenerator`'s,
+so the official G_ema state dict loads strictly.
 
 Animation API: an avatar identity (ws -> neural texture and static planes) is computed once with
 `make_identity`; `render_frame` then renders any number of frames (FLAME vertices + landmarks, camera) from it.
@@ -268,7 +268,8 @@ class Next3DGenerator(nn.Module):
 
     def build_planes(self, identity: AvatarIdentity, v: torch.Tensor, noise_mode: str = "const",
                      record: Optional[Dict[str, torch.Tensor]] = None) -> torch.Tensor:
-        """Dynamic tri-planes of a frame blended with the static ones: [B, 3, 32, P, P] (spec §2.4-2.8).
+        """Dynamic tri-planes of a frame blended with the static ones: [B, 3, 32, P, P]
+        (docs/architecture.md#per-frame-planes).
 
         `record`, when given, receives the intermediate tensors under the reference names."""
         cfg = self.config
@@ -299,8 +300,8 @@ class Next3DGenerator(nn.Module):
             stitched[i:i + 1, :, r0:r1, c0:c1] = patch
             patches.append(patch)
         blend_out = self.neural_blending.synthesis(stitched, eg3d_ws, noise_mode=noise_mode)
-        # Plane 1 gets the sum of both side views, plane 2 the top view (the crossed assignment of §2.9 that the
-        # released weights were trained with).
+        # Plane 1 gets the sum of both side views, plane 2 the top view: the crossed assignment the released weights
+        # were trained with (docs/official_quirks.md#crossed-planes).
         dynamic = torch.cat([blend_out, feats[1] + feats[2], feats[3]], 1).view(*identity.static_planes.shape)
         alpha = alphas.unsqueeze(2)
         planes = dynamic * alpha + identity.static_planes * (1 - alpha)
@@ -321,7 +322,7 @@ class Next3DGenerator(nn.Module):
     def render_planes(self, planes: torch.Tensor, eg3d_ws: torch.Tensor, c: torch.Tensor,
                       generator: Optional[torch.Generator] = None, draws: Optional[RandomDraws] = None,
                       record: Optional[Dict[str, torch.Tensor]] = None) -> GeneratorOutput:
-        """Volume rendering of blended planes from camera c, then super-resolution (spec §2.10-2.12)."""
+        """Volume rendering of blended planes from camera c, then super-resolution (docs/architecture.md#rendering)."""
         cfg = self.config
         check_tensor("c (camera label)", c, [planes.shape[0], None])
         if c.shape[1] < 25:

@@ -1,4 +1,5 @@
-"""StyleGAN2 building blocks with EG3D's semantics (spec §2.13), attribute names matching the official state dict.
+"""StyleGAN2 building blocks with EG3D's semantics (docs/architecture.md#stylegan2-building-blocks), attribute
+names matching the official state dict.
 
 Equalized learning rate: weights are stored unscaled and multiplied by their gain at run time, exactly as the
 official layers do, so official weights load unchanged.

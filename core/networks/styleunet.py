@@ -1,4 +1,4 @@
-"""The style-UNet of Next3D's mouth module (G_teeth) and neural blending (spec §2.5-2.6).
+"""The style-UNet of Next3D's mouth module (G_teeth) and neural blending (docs/architecture.md#per-frame-planes).
 
 A StyleGAN2 'skip' decoder whose first blocks are replaced by features of a convolutional encoder of a condition
 image: the encoder downsamples the condition from `in_size` to `final_size`, and fusion convolutions inject its

@@ -1,4 +1,5 @@
-"""EG3D's SuperresolutionHybrid8XDC: the 64x64 neural rendering -> 512x512 image (spec §2.12)."""
+"""EG3D's SuperresolutionHybrid8XDC: the 64x64 neural rendering -> 512x512 image
+(docs/architecture.md#super-resolution)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Bias + activation + gain + clamp, the fused op of StyleGAN2 written as plain PyTorch (spec §2.13)."""
+"""Bias + activation + gain + clamp, the fused op of StyleGAN2 written as plain PyTorch
+(docs/architecture.md#stylegan2-building-blocks)."""
 
 from __future__ import annotations
 

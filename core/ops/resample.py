@@ -1,8 +1,9 @@
 """FIR up/down-sampling and resampling convolutions (upfirdn2d, conv2d_resample) in plain PyTorch.
 
-Semantics follow the reference implementation of StyleGAN2-ADA/EG3D (spec §2.13): zero-insertion upsampling,
-padding (negative = crop), a 2-D FIR filter applied as a depthwise correlation with the flipped filter, and
-decimation. The [1,3,3,1] filter is symmetric, so flipping never changes results, but it is kept for exactness.
+Semantics follow the reference implementation of StyleGAN2-ADA/EG3D (docs/architecture.md#stylegan2-building-blocks):
+zero-insertion upsampling, padding (negative = crop), a 2-D FIR filter applied as a depthwise correlation with the
+flipped filter, and decimation. The [1,3,3,1] filter is symmetric, so flipping never changes results, but it is kept
+for exactness.
 """
 
 from __future__ import annotations

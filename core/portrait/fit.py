@@ -1,6 +1,6 @@
 """Fitting FLAME and the camera to a portrait's landmarks, and the eyes to its irises.
 
-Camera model: the generator's (spec section 6): normalized intrinsics of the FFHQ field of view, an OpenCV
+Camera model: the generator's (docs/camera.md): normalized intrinsics of the FFHQ field of view, an OpenCV
 cam2world in the EG3D world, where the FLAME mesh sits at 2.5 * (p + (0, 0.01, 0)). The fit moves the head
 rigidly in front of the canonical frontal camera (rotation about the FFHQ pivot, then a shift), which is the
 same as moving the camera the other way round: the result is the camera C = M^-1 C0 that sees the unrotated

@@ -1,2 +1,2 @@
 """Mesh rasterisation for the Next3D generator: a vectorised pytorch3d-equivalent rasteriser and the four
-orthographic views of the official generator (spec section 2.4)."""
+orthographic views of the official generator (docs/flame.md#orthographic-views)."""

@@ -1,5 +1,5 @@
 """EG3D camera labels: OpenCV cam2world (x right, y down, z forward) in a y-up world, and intrinsics normalized by
-the image size (spec §6). A label is the 25-vector [cam2world 4x4 row-major, intrinsics 3x3 row-major]."""
+the image size (docs/camera.md). A label is the 25-vector [cam2world 4x4 row-major, intrinsics 3x3 row-major]."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""The four orthographic UV renderings of the official Next3D generator (spec section 2.4), their blending
-alphas with the enclosed-hole fill (`fill_mouth`), and the mouth crop box (spec section 2.5, `gen_mouth_mask`).
+"""The four orthographic UV renderings of the official Next3D generator (docs/flame.md#orthographic-views), their
+blending alphas with the enclosed-hole fill (`fill_mouth`), and the mouth crop box (`gen_mouth_mask`,
+docs/flame.md#landmarks-and-the-mouth-box).
 
 Every float32 step follows the official operation order so that coverage matches the reference bit for bit:
 the vertex transform uses the same torch ops (including `bmm` against the float32 rotation, whose 90 degree
@@ -19,7 +20,7 @@ from ..checks import check_tensor
 from ..errors import InputError
 from .rasterize import DEFAULT_MAX_PAIRS, rasterize
 
-# (x: pitch, y: yaw, z: roll) in degrees: front, the two sides, top (spec 2.4).
+# (x: pitch, y: yaw, z: roll) in degrees: front, the two sides, top (docs/flame.md#orthographic-views).
 VIEW_ANGLES: Tuple[Tuple[int, int, int], ...] = ((0, 0, 0), (0, 90, 0), (0, -90, 0), (90, 0, 0))
 ORTH_SCALE = 5.0
 ORTH_SHIFT = (0.0, -0.01, -0.01)
@@ -29,7 +30,7 @@ _LIP_FIRST, _LIP_END, _CORNER_L, _CORNER_R = 48, 60, 48, 54
 
 
 def angle2matrix(angles_deg) -> torch.Tensor:
-    """Rotation matrices R = Rz·Ry·Rx from (x, y, z) angles in degrees (spec 2.4), float32, [B, 3, 3].
+    """Rotation matrices R = Rz·Ry·Rx from (x, y, z) angles in degrees (docs/flame.md), float32, [B, 3, 3].
 
     Row-vector convention: a point p (row) is rotated as p @ R. `angles_deg` is a [B, 3] tensor or one
     (x, y, z) triple. Integer triples are converted exactly as the official code does (an int64 tensor times
@@ -66,7 +67,8 @@ def angle2matrix(angles_deg) -> torch.Tensor:
 
 def project_view(points: torch.Tensor, angles=VIEW_ANGLES[0], orth_scale: float = ORTH_SCALE,
                  orth_shift: Sequence[float] = ORTH_SHIFT) -> torch.Tensor:
-    """Orthographic view transform of the official `rasterize` (spec 2.4), [B, N, 3] -> [B, N, 3].
+    """Orthographic view transform of the official `rasterize` (docs/flame.md#orthographic-views), [B, N, 3] ->
+    [B, N, 3].
 
     Steps: negate y; p @ R(angles); + orth_shift; * orth_scale; orthographic projection with camera [1, 0, 0]
     (an identity); negate y and z; z += 10. The result is in the rasteriser's frame (x, y in [-1, 1] across
@@ -91,7 +93,7 @@ def project_view(points: torch.Tensor, angles=VIEW_ANGLES[0], orth_scale: float 
 
 
 def front_landmarks_2d(landmarks: torch.Tensor) -> torch.Tensor:
-    """Front-view 2-D landmarks [B, K, 2] from FLAME-space landmarks [B, K, 3] (spec 2.4, `lm2d`)."""
+    """Front-view 2-D landmarks [B, K, 2] from FLAME-space landmarks [B, K, 3] (`lm2d`, docs/flame.md)."""
     return project_view(landmarks, VIEW_ANGLES[0])[:, :, :2]
 
 
@@ -99,7 +101,7 @@ def rasterize_views(vertices: torch.Tensor, faces: torch.Tensor, face_uvcoords: 
                     image_size: int = VIEW_SIZE, angles=VIEW_ANGLES, orth_scale: float = ORTH_SCALE,
                     orth_shift: Sequence[float] = ORTH_SHIFT,
                     max_pairs: int = DEFAULT_MAX_PAIRS) -> list:
-    """Raw rasteriser output of each orthographic view (spec 2.4), like `raster_view0..3` of the reference.
+    """Raw rasteriser output of each orthographic view (docs/flame.md), like `raster_view0..3` of the reference.
 
     Args:
         vertices: [B, V, 3] FLAME vertices (without the landmarks).
@@ -126,8 +128,8 @@ def rasterize_views(vertices: torch.Tensor, faces: torch.Tensor, face_uvcoords: 
 
 
 def fill_enclosed_holes(alpha: torch.Tensor) -> torch.Tensor:
-    """The official `fill_mouth` (spec 2.4): keep alpha where a 4-connected flood fill from pixel (0, 0)
-    reaches, set every other pixel to exactly 1.
+    """The official `fill_mouth` (docs/flame.md#orthographic-views): keep alpha where a 4-connected flood fill from
+    pixel (0, 0) reaches, set every other pixel to exactly 1.
 
     OpenCV floodFill with FLOODFILL_FIXED_RANGE, loDiff=0, upDiff=254 on alpha*255 (float32) passes a pixel
     when d = float32(v - seed) satisfies 0 <= d <= 254 (`DiffC1<float>`). The official arithmetic on unreached
@@ -152,7 +154,7 @@ def fill_enclosed_holes(alpha: torch.Tensor) -> torch.Tensor:
 
 
 def view_alphas(raster_views: Sequence[torch.Tensor], uv_face_mask: torch.Tensor) -> torch.Tensor:
-    """Blending alphas [B, 3, H, W] = [front, side, top] from the four raw views (spec 2.4, `alpha_views`).
+    """Blending alphas [B, 3, H, W] = [front, side, top] from the four raw views (`alpha_views`, docs/flame.md).
 
     Per view: coverage * grid_sample(uv_face_mask, uv) (bilinear, zeros padding, align_corners=False), then
     `fill_enclosed_holes`.
@@ -178,7 +180,7 @@ def view_alphas(raster_views: Sequence[torch.Tensor], uv_face_mask: torch.Tensor
 
 
 def mouth_box(front_landmarks_2d: torch.Tensor, image_size: int = VIEW_SIZE) -> torch.Tensor:
-    """Mouth crop box in the 256² front view (spec 2.5, `gen_mouth_mask`): LongTensor [B, 4] of
+    """Mouth crop box in the 256² front view (`gen_mouth_mask`, docs/flame.md): LongTensor [B, 4] of
     (row_start, row_end, col_start, col_end), ends excluded; the box is square with side 2*(r//2).
 
     Raises InputError when the box leaves the image: the official code would silently crop a smaller or

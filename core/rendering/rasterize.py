@@ -1,6 +1,6 @@
 """Vectorised triangle rasteriser with the semantics of pytorch3d's `rasterize_meshes` as the official Next3D
-`Pytorch3dRasterizer` calls it (spec section 2.4): blur_radius=0, faces_per_pixel=1, perspective_correct=False,
-cull_backfaces=True, naive CPU path of pytorch3d 0.7.x.
+`Pytorch3dRasterizer` calls it (docs/architecture.md#orthographic-views): blur_radius=0, faces_per_pixel=1,
+perspective_correct=False, cull_backfaces=True, naive CPU path of pytorch3d 0.7.x.
 
 Coordinates are the ones the official wrapper *receives*: x, y in [-1, 1] (x to the right along columns, y down
 along rows), z is depth (smaller is nearer). The wrapper negates x and y before pytorch3d; that is a 180 degree
@@ -191,7 +191,7 @@ def _fragments(vertices: torch.Tensor, faces: torch.Tensor, height: int, width: 
 
 def rasterize_fragments(vertices: torch.Tensor, faces: torch.Tensor, image_size: ImageSize, *,
                         max_pairs: int = DEFAULT_MAX_PAIRS):
-    """pytorch3d-style fragments (spec 2.4): pix_to_face [B,H,W] int64 (-1 = background), bary [B,H,W,3]
+    """pytorch3d-style fragments (docs/architecture.md): pix_to_face [B,H,W] int64 (-1 = background), bary [B,H,W,3]
     float32 (0 on background) and zbuf [B,H,W] float32 (-1 on background, as pytorch3d).
 
     vertices [B,V,3] in the frame the official wrapper receives; faces [F,3] 0-based, shared by the batch.
@@ -206,7 +206,7 @@ def rasterize_fragments(vertices: torch.Tensor, faces: torch.Tensor, image_size:
 
 def rasterize(vertices: torch.Tensor, faces: torch.Tensor, face_attributes: torch.Tensor, image_size: ImageSize,
               *, max_pairs: int = DEFAULT_MAX_PAIRS) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Rasterise a batch of meshes and interpolate per-face-corner attributes (spec 2.4, `Pytorch3dRasterizer`).
+    """Rasterise a batch of meshes and interpolate per-face-corner attributes (`Pytorch3dRasterizer`).
 
     Args:
         vertices: [B, V, 3] float. x, y in [-1, 1] map to columns and rows (pixel (i, j) has its centre at

@@ -1,4 +1,5 @@
-"""EG3D's ray sampler, tri-plane sampling, stratified + importance sampling and the Mip ray marcher (spec §2.9-2.11).
+"""EG3D's ray sampler, tri-plane sampling, stratified + importance sampling and the Mip ray marcher
+(docs/architecture.md#rendering).
 
 Randomness: the official renderer draws twice per call (stratified jitter, then the importance-sampling u), also at
 inference. Both draws take an optional torch.Generator so a frame can be reproduced exactly, or can be given

@@ -1,7 +1,7 @@
 """Per-frame cameras of a sequence: a fixed camera, the official orbit of gen_videos, or labels from a file.
 
-A camera track gives the 25-value EG3D label (cam2world 4x4 + normalized intrinsics 3x3, spec §6) of the frame at
-each 0-based position of a sequence.
+A camera track gives the 25-value EG3D label (cam2world 4x4 + normalized intrinsics 3x3, docs/camera.md#labels)
+of the frame at each 0-based position of a sequence.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from ..rendering.camera import (FFHQ_FOV_DEG, FFHQ_PIVOT, FFHQ_RADIUS, camera_la
 
 PathLike = Union[str, os.PathLike]
 
-# The official gen_videos orbit (spec §6): the script writes pi as 3.14 and hard-codes the dataset focal length.
+# The official gen_videos orbit (docs/camera.md#the-official-orbit): the script writes pi as 3.14 and hard-codes
+# the dataset focal length.
 OFFICIAL_PI = 3.14
 VIDEO_FOCAL = 4.2647
 ORBIT_YAW_RANGE = 0.35

@@ -233,9 +233,10 @@ class FlameSequenceSource(FrameSource):
     """FLAME parameters per frame (a core.flame FlameSequence, or an animation .npz/.json read with load_sequence),
     evaluated by a core.flame FlameModel into the generator's mesh input.
 
-    The generator was trained with the global head rotation zeroed (spec §3), so the vertices leave it out and,
-    with `fold_head_pose`, each frame's camera is moved instead (core.flame.conversions.fold_head_pose_into_label,
-    about the FLAME root joint). Cameras: the given track, else the animation's own labels, else the fixed camera."""
+    The generator was trained with the global head rotation zeroed (docs/flame.md#head-pose), so the vertices
+    leave it out and, with `fold_head_pose`, each frame's camera is moved instead
+    (core.flame.conversions.fold_head_pose_into_label, about the FLAME root joint). Cameras: the given track, else
+    the animation's own labels, else the fixed camera."""
 
     def __init__(self, sequence, flame, cameras: Optional[CameraTrack] = None, first_number: int = 1,
                  fold_head_pose: bool = True):

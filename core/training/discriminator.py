@@ -1,8 +1,8 @@
 """EG3D's DualDiscriminator (resnet blocks, minibatch-stddev epilogue, camera-label mapping), generalized to any
 power-of-two image resolution, any width, and extra input channels for the deformation-aware discriminator.
 
-Module and buffer names are the official ones (spec Appendix B): `b<res>.{fromrgb,conv0,conv1,skip}` down to b8,
-`mapping.{embed,fc0..fc7}`, `b4.{conv,fc,out}` and a top-level `resample_filter`. With the official settings
+Module and buffer names are the official ones (docs/training.md#discriminator): `b<res>.{fromrgb,conv0,conv1,skip}`
+down to b8, `mapping.{embed,fc0..fc7}`, `b4.{conv,fc,out}` and a top-level `resample_filter`. With the official settings
 (img_resolution 512, mesh_channels 0, channel_base 32768, channel_max 512, c_dim 25) the state dict has the
 official keys and shapes.
 

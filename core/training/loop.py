@@ -62,7 +62,7 @@ PRESETS = ("tiny", "lite", "small", "ffhq")
 
 @dataclass(frozen=True)
 class TrainingOptions:
-    """Everything a run depends on. Defaults follow the Next3D FFHQ recipe (spec §2.14, Appendix C) where they
+    """Everything a run depends on. Defaults follow the Next3D FFHQ recipe (docs/training.md#recipe-defaults) where they
     apply; `cfg` picks the network size."""
 
     data: str                               # dataset folder (core.training.dataset)

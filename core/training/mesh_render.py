@@ -4,10 +4,11 @@ Two users: the synthetic dataset generator (colours, lighting) and the deformati
 a rendering of the mesh that drove each image (`render_mesh_condition`).
 
 Coordinates: FLAME vertices (metres, y up, face towards +z) are placed in the EG3D world the way the generator's
-orthographic front view places them (spec §2.4, §3): world = (orth_scale * box_warp / 2) * (x + sx, y - sy, z),
-i.e. 2.5 * (x, y + 0.01, z) with the official settings. A camera label c [25] = OpenCV cam2world 4x4 + normalized
-intrinsics; a world point projects to normalized image coordinates (u, v) in [0, 1] (u along columns, v down the
-rows), which the rasterizer takes as x = 2u - 1, y = 2v - 1 with the camera-space depth as z.
+orthographic front view places them (docs/flame.md#placement-in-the-generator-world):
+world = (orth_scale * box_warp / 2) * (x + sx, y - sy, z), i.e. 2.5 * (x, y + 0.01, z) with the official settings.
+A camera label c [25] = OpenCV cam2world 4x4 + normalized intrinsics; a world point projects to normalized image
+coordinates (u, v) in [0, 1] (u along columns, v down the rows), which the rasterizer takes as x = 2u - 1,
+y = 2v - 1 with the camera-space depth as z.
 
 Holes: a FLAME mesh has an open mouth (and the stand-in head none). Back faces are culled by the rasterizer, so
 looking into the mouth would show the background. Every rendering here therefore runs a second pass with the

@@ -54,7 +54,7 @@ __all__ = ["HeadSample", "HeadSampler", "StandInHeadSampler", "FlameHeadSampler"
            "SYNTHETIC_VERSION"]
 
 SYNTHETIC_VERSION = 1
-FFHQ_FOCAL = 4.2647   # normalized focal length of the FFHQ dataset labels (spec §6, `fix_intrinsics`)
+FFHQ_FOCAL = 4.2647   # normalized focal length of the FFHQ dataset labels (docs/camera.md#ffhq-cameras)
 Params = Dict[str, np.ndarray]
 PathLike = Union[str, os.PathLike]
 

@@ -1,10 +1,10 @@
 """Test helper: writes pickles shaped like the official Next3D training snapshots, opcode by opcode.
 
-Nothing here imports torch_utils/dnnlib/training code or pickles real classes of those names: every global is
-written as its (module, name) text, tensors are written the way PyTorch pickles them (`_rebuild_tensor_v2` of a
+Nothing here imports torch_utils/dnnlib/training code or pickles real classes of those names: every global is written
+as its (module, name) text, tensors are written the way PyTorch pickles them (`_rebuild_tensor_v2` of a
 `torch.storage._load_from_bytes` call whose bytes are a legacy torch.save stream), and persistent networks as
-`torch_utils.persistence._reconstruct_persistent_obj(meta)` calls (spec §5.1-5.3). The same machinery writes the
-hostile variants the reader must refuse.
+`torch_utils.persistence._reconstruct_persistent_obj(meta)` calls (docs/checkpoint_formats.md). The same machinery
+writes the hostile variants the reader must refuse.
 """
 
 from __future__ import annotations

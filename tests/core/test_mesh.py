@@ -1,4 +1,5 @@
-"""Mesh extraction (coarse to fine, spec section 7) and mesh export: analytic densities, the random generator, files."""
+"""Mesh extraction (coarse to fine, docs/mesh_extraction.md) and mesh export: analytic densities, the random
+generator, files."""
 
 import json
 import struct

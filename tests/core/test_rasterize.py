@@ -1,5 +1,5 @@
 """Tests of core.rendering: the pytorch3d-equivalent rasteriser, the orthographic views, the hole fill and the
-mouth box (spec sections 2.4 and 2.5). The reference tests compare with numbers from the official code."""
+mouth box (docs/flame.md). The reference tests compare with numbers from the official code."""
 
 from pathlib import Path
 

@@ -74,7 +74,7 @@ def reference(tmp_path_factory, generator, identity, vertex_array):
 # ------------------------------------------------------------------------------------------------------ cameras
 
 def official_look_at(h, v, radius=2.7, pivot=(0.0, 0.0, 0.2)):
-    """EG3D's LookAtPoseSampler.sample + create_cam2world_matrix as described in spec §6, in float64 numpy."""
+    """EG3D's LookAtPoseSampler.sample + create_cam2world_matrix (docs/camera.md#look-at-cameras), in float64 numpy."""
     v = np.clip(v, 1e-5, math.pi - 1e-5)
     phi = math.acos(1 - 2 * v / math.pi)
     origin = np.array([radius * math.sin(phi) * math.cos(math.pi - h), radius * math.cos(phi),

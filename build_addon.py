@@ -6,7 +6,8 @@ Steps:
 1. Read blender_manifest.toml and check what Blender's validator does not: platform names, the version agreeing with
    core.__version__, the id naming the package folder.
 2. Stage next3d_blender/ with real copies of core/ and addon_assets/ (in the repository they are symbolic links,
-   so that the add-on imports the engine relatively in both layouts) and the manifest.
+   so that the add-on imports the engine relatively in both layouts), the documentation (docs/*.md, without its
+   images, into next3d_blender/docs/) and the manifest.
 3. Build the zip with Blender's own extension CLI (`blender_ext.py build`, shipped inside the bpy wheel; no Blender
    binary needed), validate the zip (`blender_ext.py validate`, tags checked against Blender's list) and only then
    move it to its final name, so a failed build never leaves a zip behind.
@@ -32,6 +33,7 @@ ROOT = Path(__file__).resolve().parent
 MANIFEST = ROOT / "blender_manifest.toml"
 PACKAGE = ROOT / "next3d_blender"
 VENDORED = ("core", "addon_assets")          # folders copied into the package
+DOCS = ROOT / "docs"                         # its *.md files are copied into the package's docs/
 VALID_PLATFORMS = ("windows-x64", "windows-arm64", "macos-x64", "macos-arm64", "linux-x64")
 SKIP_NAMES = ("__pycache__", ".pytest_cache")
 SKIP_SUFFIXES = (".pyc", ".pyo", ".zip")
@@ -88,7 +90,8 @@ def find_blender_ext() -> Path:
     spec = importlib.util.find_spec("bpy")
     if spec is None or not spec.submodule_search_locations:
         raise BuildError("The bpy module is not installed, so Blender's extension validator cannot be found; "
-                         "install the pinned requirements (pip install -r requirements.txt) or pass --blender-ext.")
+                         "install the pinned test requirements (pip install --no-deps -r requirements-dev.txt) or "
+                         "pass --blender-ext.")
     for base in spec.submodule_search_locations:
         hits = sorted(Path(base).glob("*/scripts/addons_core/bl_pkg/cli/blender_ext.py"))
         if hits:
@@ -108,7 +111,8 @@ def _ignore(_dir: str, names: List[str]) -> List[str]:
 
 
 def stage(dest: Path) -> Path:
-    """Copy the package (symbolic links resolved), the vendored folders and the manifest into dest/<id>."""
+    """Copy the package (symbolic links resolved), the vendored folders, the documentation and the manifest into
+    dest/<id>."""
     target = dest / PACKAGE.name
     target.mkdir(parents=True)
     for entry in sorted(PACKAGE.iterdir()):
@@ -126,6 +130,12 @@ def stage(dest: Path) -> Path:
         # An empty folder would not reach the zip; keep it present for the code that looks for it.
         if not any((target / name).iterdir()):
             (target / name / "README.txt").write_text("Assets shipped with the extension.\n", encoding="utf-8")
+    docs = sorted(DOCS.glob("*.md"))
+    if not docs:
+        raise BuildError(f"{DOCS} holds no .md files; the documentation ships with the extension.")
+    (target / "docs").mkdir()
+    for doc in docs:
+        shutil.copy2(doc, target / "docs" / doc.name)
     shutil.copy2(MANIFEST, target / MANIFEST.name)
     return target
 

@@ -1,13 +1,14 @@
 """Next3D Avatars: a Blender extension over the Next3D engine (core/, vendored into the built extension).
 
-This module imports no bpy at import time: the worker process (worker.py) imports the package outside Blender to
-reach the engine. Blender calls `register` / `unregister`, which collect the classes of the bpy modules
+Two halves: blender/ runs in Blender's process and is the only part that imports bpy; engine/ is bpy-free and is
+what the worker process imports (engine/worker.py), outside Blender, to reach the engine. So this module imports
+no bpy at import time: Blender calls `register` / `unregister`, which collect the classes of the bpy modules
 (PropertyGroups first) and attach or detach the pointer properties symmetrically.
 """
 
 
 def _classes() -> tuple:
-    from . import operators, panels, preferences, properties
+    from .blender import operators, panels, preferences, properties
 
     return (*properties.CLASSES, *preferences.CLASSES, *operators.CLASSES, *panels.CLASSES)
 
@@ -15,7 +16,7 @@ def _classes() -> tuple:
 def register() -> None:
     import bpy
 
-    from . import properties
+    from .blender import properties
 
     register_classes, _ = bpy.utils.register_classes_factory(_classes())
     register_classes()
@@ -25,7 +26,7 @@ def register() -> None:
 def unregister() -> None:
     import bpy
 
-    from . import properties, runner
+    from .blender import properties, runner
 
     runner.shutdown()
     properties.detach()

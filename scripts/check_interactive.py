@@ -67,7 +67,7 @@ def invoke(op, **kwargs):
 
 def setup() -> None:
     import next3d_blender
-    from next3d_blender import preferences
+    from next3d_blender.blender import preferences
 
     next3d_blender.register()
     model = WORK / "tiny.safetensors"
@@ -112,7 +112,7 @@ def tick():
     state["ticks"] += 1
     step = state["step"]
     try:
-        from next3d_blender import runner
+        from next3d_blender.blender import runner
 
         task = runner.active_task()
         if step == "start":
@@ -174,7 +174,7 @@ def finish():
         n.startswith("timed out") or "Traceback" in n for n in results["notes"])
     results["passed"] = ok
     print("NEXT3D-INTERACTIVE " + json.dumps(results), flush=True)
-    from next3d_blender import runner
+    from next3d_blender.blender import runner
 
     try:
         runner.shutdown()

@@ -21,8 +21,8 @@ os.environ["NEXT3D_CACHE_DIR"] = str(USER_DIR / "next3d-cache")
 
 try:
     import bpy  # noqa: E402
-except ImportError as exc:  # a set-up failure: make test installs bpy==5.0.1 (requirements.txt)
-    raise RuntimeError(f"tests/blender need the bpy module (pip install bpy==5.0.1, see requirements.txt): {exc}")
+except ImportError as exc:  # a set-up failure: make test installs bpy==5.0.1 (requirements-dev.txt)
+    raise RuntimeError(f"tests/blender need the bpy module (pip install bpy==5.0.1, see requirements-dev.txt): {exc}")
 
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -63,7 +63,7 @@ def addon(installed):
     bpy.ops.wm.read_factory_settings(use_empty=True)
     pkg = enable(installed)
     yield pkg
-    sys.modules[f"{installed}.runner"].shutdown()
+    sys.modules[f"{installed}.blender.runner"].shutdown()
 
 
 @pytest.fixture

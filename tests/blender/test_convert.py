@@ -8,7 +8,7 @@ import pytest
 from bpy_extras.object_utils import world_to_camera_view
 from mathutils import Euler, Vector
 
-from next3d_blender import convert
+from next3d_blender.engine import convert
 from n3d_helpers import make_scene, submodule
 
 CONFIGS = [  # (W, H, percentage, fit, lens, sensor w, sensor h, shift x, shift y, pixel aspect x, y)
@@ -44,7 +44,7 @@ def test_projection_matches_blender(addon, cfg):
     scene, cam = _camera(cfg)
     rng = np.random.default_rng(0)
     points = rng.uniform(-0.4, 0.4, (12, 3)) + np.array([0.3, 0.0, 0.4])
-    params = convert.camera_params(cam, scene)
+    params = submodule("blender.scene").camera_params(cam, scene)
     k = convert.intrinsics_pixels(params)
     c2w = convert.opencv_cam2world(convert.matrix_to_numpy(cam.matrix_world))
     ours = convert.project_points(points, c2w, k)
@@ -64,12 +64,11 @@ def test_added_camera_is_the_ffhq_camera(addon, tmp_path):
     from core.rendering.camera import look_at_cam2world
 
     make_scene(tmp_path, size=(512, 512))
-    ops = submodule("operators")
-    jobs = submodule("jobs")
-    _, job, arrays, _, _, _ = ops.prepare(bpy.context, [1])
+    jobs = submodule("engine.jobs")
+    frames = submodule("blender.scene").prepare(bpy.context, [1])
     from core.default_model import SMALL_CONFIG
 
-    label = jobs.camera_labels(arrays, SMALL_CONFIG)[0]
+    label = jobs.camera_labels(frames.arrays, SMALL_CONFIG)[0]
     c2w = label[:16].reshape(4, 4)
     assert np.allclose(c2w[:3, 3], [0.0, 0.0, 2.7], atol=1e-4)
     assert np.allclose(c2w[:3, :3], np.diag([1.0, -1.0, -1.0]), atol=1e-5)
@@ -77,19 +76,20 @@ def test_added_camera_is_the_ffhq_camera(addon, tmp_path):
     assert np.allclose(k, [[4.2647, 0, 0.5], [0, 4.2647, 0.5], [0, 0, 1]], atol=1e-5)
     ref = look_at_cam2world(0.0, 0.0, pivot=(0.0, 0.0, 0.0)).numpy()
     assert np.allclose(c2w, ref, atol=1e-4)
-    assert job["side"] == 512 and (job["x0"], job["y0"]) == (0, 0)
+    job = frames.job(submodule("engine.job_specs").PreviewJob)
+    assert job.side == 512 and (job.x0, job.y0) == (0, 0)
     assert torch.is_tensor(torch.from_numpy(label))
 
 
 def test_head_pose_is_folded_into_the_camera(addon, tmp_path):
     """Turning the rig (object transform and neck bone) moves the camera the opposite way in head space."""
     arm = make_scene(tmp_path)
-    ops = submodule("operators")
-    _, _, rest, _, _, _ = ops.prepare(bpy.context, [1])
+    prepare = submodule("blender.scene").prepare
+    rest = prepare(bpy.context, [1]).arrays
     arm.rotation_euler.z = math.radians(30)       # yaw the whole rig about the world's up axis
     arm.pose.bones["neck"].rotation_euler = (0.0, math.radians(10), 0.0)   # and the neck about FLAME's y
     bpy.context.view_layer.update()
-    _, _, turned, _, _, _ = ops.prepare(bpy.context, [1])
+    turned = prepare(bpy.context, [1]).arrays
     neck = np.array(arm.data.bones["neck"].head_local)
     total = convert.axis_angle_to_matrix([0.0, math.radians(40), 0.0])   # FLAME y is Blender's up here
     c_rest, c_turned = rest["cam2world"][0].astype(np.float64), turned["cam2world"][0].astype(np.float64)
@@ -123,7 +123,7 @@ def test_rotations_round_trip():
 def test_image_pixels_round_trip(addon):
     rng = np.random.default_rng(2)
     pixels = rng.integers(0, 256, (6, 9, 3), dtype=np.uint8)
-    image = convert.image_from_pixels("probe", pixels)
+    image = submodule("blender.datablocks").image_from_pixels("probe", pixels)
     flat = np.empty(9 * 6 * 4, np.float32)
     image.pixels.foreach_get(flat)
     back = convert.blender_to_pixels(flat, 9, 6)

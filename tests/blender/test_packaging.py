@@ -19,10 +19,16 @@ def test_zip_layout_and_manifest(built_zip):
         names = set(zf.namelist())
         manifest = tomllib.loads(zf.read("blender_manifest.toml").decode())
         sources = {n: zf.read(n).decode() for n in names if n.endswith(".py")}
-    for required in ("__init__.py", "operators.py", "panels.py", "worker.py", "jobs.py", "convert.py", "rig.py",
-                     "core/__init__.py", "core/networks/next3d.py", "core/default_model.py"):
+    for required in ("__init__.py", "blender/operators.py", "blender/panels.py", "blender/scene.py",
+                     "blender/results.py", "blender/rig.py", "engine/worker.py", "engine/jobs.py",
+                     "engine/job_specs.py", "engine/convert.py", "engine/heads.py", "core/__init__.py",
+                     "core/networks/next3d.py", "core/default_model.py"):
         assert required in names, required
     assert any(n.startswith("addon_assets/") for n in names)
+    # The documentation: every docs/*.md of the repository, without its images.
+    docs = sorted(p.name for p in build_addon.DOCS.glob("*.md"))
+    assert docs and {f"docs/{d}" for d in docs} <= names
+    assert not any(n.startswith("docs/images") for n in names)
     assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
     assert manifest["schema_version"] == "1.0.0"
     assert manifest["blender_version_min"] == "4.2.0"
@@ -68,7 +74,7 @@ def _leftovers():
 def test_register_unregister_reregister(addon):
     import addon_utils
 
-    runner = sys.modules[f"{MODULE}.runner"]
+    runner = sys.modules[f"{MODULE}.blender.runner"]
     for _ in range(2):
         assert _leftovers() != []
         assert bpy.ops.next3d.add_head.poll()

@@ -20,7 +20,7 @@ class Layout:
 
 
 def _draw_all():
-    panels = submodule("panels")
+    panels = submodule("blender.panels")
     calls = []
     for cls in panels.CLASSES:
         assert cls.bl_space_type == "VIEW_3D" and cls.bl_region_type == "UI" and cls.bl_category == "Next3D"
@@ -39,8 +39,8 @@ def test_panels_draw(addon, tmp_path):
     ops = _operators(_draw_all())
     assert {"next3d.add_head", "next3d.random_shape", "next3d.reset_shape", "next3d.reset_expression",
             "next3d.render_frame", "next3d.render_animation", "next3d.extract_mesh"} <= ops
-    runner = submodule("runner")
-    task = runner.Task({}, {}, "Render animation")
+    runner = submodule("blender.runner")
+    task = runner.Task(None, {}, "Render animation")
     task.total, task.done, task.status = 20, 5, "frame 5"
     runner._state["task"] = task
     try:

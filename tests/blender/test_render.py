@@ -43,7 +43,7 @@ def test_render_cancel_resume(addon, use_tiny, tmp_path):
     scene = bpy.context.scene
     scene.frame_start, scene.frame_end = 1, 20
     scene.frame_set(3)
-    runner = submodule("runner")
+    runner = submodule("blender.runner")
 
     # Worker path (as with a UI): start, let about half the frames through, cancel.
     assert bpy.ops.next3d.render_animation(frame_start=1, frame_end=20, mode="ASYNC") == {"FINISHED"}
@@ -109,7 +109,7 @@ def test_camera_warning(addon, use_tiny, tmp_path):
     cam.location.y -= 3.0           # far behind the training distance
     cam.data.lens = 20.0            # and a wide lens
     warnings = []
-    ops = submodule("operators")
+    ops = submodule("blender.operators")
     original = ops.report_task
     ops.report_task = lambda op, task, extra: warnings.extend(extra + task.warnings)
     try:

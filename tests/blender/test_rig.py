@@ -45,17 +45,17 @@ def test_rig_matches_the_engine(addon, tmp_path):
     import torch
 
     from core.flame import FlameModel, FlameModelData, FlameParams
-    from next3d_blender.heads import HeadSpec, head_arrays, head_info
+    from next3d_blender.engine.heads import HeadSpec, head_arrays, head_info
 
     arm = make_scene(tmp_path)
     _key(arm, 1, jaw=(0.0, 0.0, 0.0), Exp2=0.0, Shape1=0.0)
     _key(arm, 10, jaw=(0.3, 0.0, 0.0), left_eye=(0.0, 0.25, 0.0), Exp2=1.5, Shape1=-2.0)
-    the_rig = submodule("rig").find_rig(arm)
+    the_rig = submodule("blender.rig").find_rig(arm)
     scene = bpy.context.scene
     scene.frame_set(10)
     deps = bpy.context.evaluated_depsgraph_get()
     _, n_shape, n_expr = head_info(HeadSpec())
-    state = submodule("rig").read_frame(the_rig, n_shape, n_expr, deps)
+    state = submodule("blender.rig").read_frame(the_rig, n_shape, n_expr, deps)
     assert np.allclose(state.jaw, [0.3, 0, 0], atol=1e-6) and np.allclose(state.eyes[:3], [0, 0.25, 0], atol=1e-6)
     assert state.expression[1] == pytest.approx(1.5) and state.shape[0] == pytest.approx(-2.0)
     evaluated = the_rig.mesh.evaluated_get(deps).to_mesh()
@@ -69,7 +69,7 @@ def test_rig_matches_the_engine(addon, tmp_path):
     rest = model(FlameParams.zeros(1, model.n_shape, model.n_expr)).joints[0]
     shift = float((out.joints[0] - rest).norm(dim=-1).max())
     assert np.abs(out.vertices[0].numpy() - blender_verts).max() <= shift + 1e-5
-    assert submodule("rig").keyframe_numbers(the_rig) == [1, 10]
+    assert submodule("blender.rig").keyframe_numbers(the_rig) == [1, 10]
     assert torch.is_tensor(out.landmarks)
 
 
@@ -154,27 +154,28 @@ def test_rig_from_the_builtin_head(addon, prefs, tmp_path):
 
     import torch
 
-    from core.flame import FlameModel, FlameModelData, FlameParams
-    from next3d_blender.heads import BUILTIN_HEAD_NPZ, read_npz
+    from core.flame import FlameModel, FlameParams
+    from core.flame.model_data import load_model_data
+    from next3d_blender.engine.heads import BUILTIN_HEAD_NPZ
 
     npz = Path(BUILTIN_HEAD_NPZ)
     if not npz.is_file():
         pytest.skip(f"{npz} is not generated yet (scripts/make_builtin_head.py)")
-    arrays = read_npz(npz)
+    data = load_model_data(npz)
     prefs.model_source = "PROJECT"
     prefs.flame_model_path = str(npz)
     arm = make_scene(tmp_path)
     mesh = bpy.data.objects["FLAME-mesh"]
-    counts = submodule("rig").key_counts(mesh)
-    assert counts == {"Shape": arrays["shapedirs"].shape[2], "Exp": arrays["exprdirs"].shape[2],
-                      "Pose": 36 if np.any(arrays["posedirs"]) else 0}
+    counts = submodule("blender.rig").key_counts(mesh)
+    assert counts == {"Shape": data.n_shape, "Exp": data.n_expr, "Pose": 36 if np.any(data.posedirs) else 0}
     keys = mesh.data.shape_keys.key_blocks
     keys["Shape2"].value, keys["Exp3"].value = 1.5, 0.8
     deps = bpy.context.evaluated_depsgraph_get()
-    state = submodule("rig").read_frame(submodule("rig").find_rig(arm), counts["Shape"], counts["Exp"], deps)
+    rig = submodule("blender.rig")
+    state = rig.read_frame(rig.find_rig(arm), counts["Shape"], counts["Exp"], deps)
     evaluated = mesh.evaluated_get(deps).to_mesh()
     blender_verts = np.array([v.co[:] for v in evaluated.vertices])
     mesh.evaluated_get(deps).to_mesh_clear()
-    out = FlameModel(FlameModelData(**arrays))(FlameParams(shape=state.shape, expression=state.expression))
+    out = FlameModel(data)(FlameParams(shape=state.shape, expression=state.expression))
     assert np.abs(out.vertices[0].numpy() - blender_verts).max() < 1e-5
     assert torch.is_tensor(out.vertices)

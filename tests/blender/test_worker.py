@@ -9,7 +9,7 @@ import bpy
 import numpy as np
 import pytest
 
-from next3d_blender.worker import WorkerClient, encode, iter_until_finished, read_message
+from next3d_blender.engine.worker import WorkerClient, encode, iter_until_finished, read_message
 from n3d_helpers import submodule
 
 
@@ -90,7 +90,7 @@ def test_a_model_file_replaced_in_place_is_reloaded_and_not_mixed_with_its_old_f
     from core.default_model import tiny_builtin_generator
     from core.io.generator_io import save_generator
 
-    jobs = submodule("jobs")
+    jobs = submodule("engine.jobs")
     InputError = submodule("core.errors").InputError  # the extension's vendored copy of core
     model = tmp_path / "model.safetensors"
     model.write_bytes(tiny_model.read_bytes())
@@ -121,8 +121,8 @@ def test_worker_crash_is_an_error_report_not_a_crash(installed, tiny_model, tmp_
         assert last["type"] == "exit" and last["returncode"] != 0
     finally:
         client.stop()
-    runner = submodule("runner")
-    task = runner.Task({}, {}, "test")
+    runner = submodule("blender.runner")
+    task = runner.Task(None, {}, "test")
     task.handle(last, {})
     assert task.finished and not task.error_is_user and "stopped unexpectedly" in task.error
     with pytest.raises(runner.WorkerFailure):
@@ -134,7 +134,7 @@ def test_background_mode_runs_synchronously(addon, use_tiny, tmp_path):
     from n3d_helpers import make_scene
 
     make_scene(tmp_path)
-    runner = submodule("runner")
+    runner = submodule("blender.runner")
     assert bpy.app.background
     assert bpy.ops.next3d.render_frame() == {"FINISHED"}
     assert not bpy.app.timers.is_registered(runner.drain)
@@ -154,5 +154,5 @@ def test_bad_worker_python_is_reported(addon, prefs, tmp_path):
 
 
 def runner_state_clean():
-    runner = submodule("runner")
+    runner = submodule("blender.runner")
     return not runner.is_busy() and not bpy.app.timers.is_registered(runner.drain)

@@ -1,6 +1,6 @@
-"""Blender <-> numpy: cameras, rotations, images and meshes.
+"""Blender's conventions <-> the engine's, as plain numbers and arrays: cameras, rotations, image pixel order.
 
-Camera conventions (docs: ../shared/spec/blender_notes.md section 5, checked against
+Camera conventions (docs/camera.md#blender-cameras, checked against
 `bpy_extras.object_utils.world_to_camera_view` in tests/blender/test_convert.py):
 
 * A Blender camera looks down its local -Z with +Y up. OpenCV cam2world = matrix_world (scale removed) @
@@ -13,19 +13,19 @@ Camera conventions (docs: ../shared/spec/blender_notes.md section 5, checked aga
   its mesh data in FLAME space; the head's rigid motion in Blender's world (object transform, root and neck bones)
   is folded into the camera: cam2world_flame = inverse(head_to_world) @ cam2world (`camera_in_head_space`).
 
-Functions taking plain numbers or arrays need no bpy; the few that read Blender data take the datablocks as
-arguments and import nothing at module level, so the worker process never loads this module's Blender parts.
+No bpy here: reading the camera from the scene is blender/scene.py's (`camera_params`), making images and meshes
+blender/datablocks.py's.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple
+from typing import Sequence
 
 import numpy as np
 
-from .core.errors import InputError
+from ..core.errors import InputError
 
 CV_FROM_BLENDER = np.diag([1.0, -1.0, -1.0, 1.0])   # Blender camera axes -> OpenCV camera axes (its own inverse)
 SENSOR_FITS = ("AUTO", "HORIZONTAL", "VERTICAL")
@@ -47,28 +47,6 @@ class CameraParams:
     height: int
     pixel_aspect_x: float = 1.0
     pixel_aspect_y: float = 1.0
-
-
-def render_size(scene) -> Tuple[int, int]:
-    """Scene render size in pixels, resolution_percentage applied (as Blender rounds it)."""
-    r = scene.render
-    scale = r.resolution_percentage / 100.0
-    return max(1, int(r.resolution_x * scale)), max(1, int(r.resolution_y * scale))
-
-
-def camera_params(camera_object, scene) -> CameraParams:
-    """Read a camera object's projection; InputError for cameras the generator cannot use."""
-    if camera_object is None or camera_object.type != "CAMERA":
-        raise InputError("The scene has no camera. Add one (Add > Camera) and make it the scene camera "
-                         "(Scene properties > Camera); 'Add FLAME head' can add one framed on the head.")
-    cam = camera_object.data
-    if cam.type != "PERSP":
-        raise InputError(f"The camera {camera_object.name!r} is {cam.type.lower()}; the generator needs a "
-                         "perspective camera. Set Camera properties > Lens > Type to Perspective.")
-    w, h = render_size(scene)
-    return CameraParams(lens=cam.lens, sensor_width=cam.sensor_width, sensor_height=cam.sensor_height,
-                        sensor_fit=cam.sensor_fit, shift_x=cam.shift_x, shift_y=cam.shift_y, width=w, height=h,
-                        pixel_aspect_x=scene.render.pixel_aspect_x, pixel_aspect_y=scene.render.pixel_aspect_y)
 
 
 def intrinsics_pixels(p: CameraParams) -> np.ndarray:
@@ -114,15 +92,6 @@ def square_framing(k_px: np.ndarray, width: int, height: int) -> SquareFraming:
     return SquareFraming(intrinsics=k, side=side, x0=x0, y0=y0, width=int(width), height=int(height))
 
 
-def normalized_intrinsics(k_px: np.ndarray, width: int, height: int) -> np.ndarray:
-    """EG3D-style intrinsics of a W x H image: [[fx/W, 0, cx/W], [0, fy/H, cy/H], [0, 0, 1]]."""
-    k = np.array(k_px, dtype=np.float64).copy()
-    k[0] /= width
-    k[1] /= height
-    k[2] = (0.0, 0.0, 1.0)
-    return k
-
-
 def without_scale(m: np.ndarray) -> np.ndarray:
     """A 4x4 affine matrix with its 3x3 columns normalized (object scale removed)."""
     m = np.array(m, dtype=np.float64).copy()
@@ -156,7 +125,12 @@ def project_points(points_world: np.ndarray, cam2world_cv: np.ndarray, k_px: np.
     return uvw[:, :2] / uvw[:, 2:3]
 
 
-# ------------------------------------------------------------------------------------------------ rotations
+# ------------------------------------------------------------------------------------------------ matrices, rotations
+
+def matrix_to_numpy(m) -> np.ndarray:
+    """A mathutils.Matrix (or nested sequence) -> float64 numpy array."""
+    return np.array([list(row) for row in m], dtype=np.float64)
+
 
 def matrix_to_axis_angle(rot: np.ndarray) -> np.ndarray:
     """3x3 rotation -> axis-angle vector (radians), stable near 0 and pi."""
@@ -214,66 +188,3 @@ def blender_to_pixels(flat: np.ndarray, width: int, height: int) -> np.ndarray:
     """Flat RGBA floats (rows bottom to top) -> [H, W, 4] uint8 with row 0 at the top."""
     rgba = np.asarray(flat, dtype=np.float32).reshape(height, width, 4)[::-1]
     return np.clip(np.round(rgba * 255.0), 0, 255).astype(np.uint8)
-
-
-def image_from_pixels(name: str, pixels: np.ndarray, image=None):
-    """Create or update a Blender image (float pixels, no view transform baked in) from [H, W, 3|4] uint8."""
-    import bpy
-
-    h, w = pixels.shape[:2]
-    if image is None:
-        image = bpy.data.images.get(name)
-    if image is not None and (image.size[0] != w or image.size[1] != h):
-        image.scale(w, h)
-    if image is None:
-        image = bpy.data.images.new(name, width=w, height=h, alpha=False)
-    image.pixels.foreach_set(pixels_to_blender(pixels))
-    image.update()
-    return image
-
-
-# ------------------------------------------------------------------------------------------------ meshes
-
-def matrix_to_numpy(m) -> np.ndarray:
-    """A mathutils.Matrix (or nested sequence) -> float64 numpy array."""
-    return np.array([list(row) for row in m], dtype=np.float64)
-
-
-def mesh_vertices(mesh) -> np.ndarray:
-    co = np.empty(len(mesh.vertices) * 3, dtype=np.float32)
-    mesh.vertices.foreach_get("co", co)
-    return co.reshape(-1, 3)
-
-
-def shape_key_coordinates(key_block, n_vertices: int) -> np.ndarray:
-    co = np.empty(n_vertices * 3, dtype=np.float32)
-    key_block.data.foreach_get("co", co)
-    return co.reshape(-1, 3)
-
-
-def mesh_from_arrays(name: str, vertices: np.ndarray, faces: np.ndarray, colors: Optional[np.ndarray] = None,
-                     color_name: str = "Color"):
-    """A new bpy mesh from vertices [V, 3] and triangles [F, 3] (and per-vertex colours [V, 3] in 0..1)."""
-    import bpy
-
-    vertices = np.ascontiguousarray(vertices, dtype=np.float32).reshape(-1, 3)
-    faces = np.ascontiguousarray(faces, dtype=np.int32).reshape(-1, 3)
-    mesh = bpy.data.meshes.new(name)
-    mesh.vertices.add(len(vertices))
-    mesh.vertices.foreach_set("co", vertices.reshape(-1))
-    mesh.loops.add(faces.size)
-    mesh.loops.foreach_set("vertex_index", faces.reshape(-1))
-    mesh.polygons.add(len(faces))
-    mesh.polygons.foreach_set("loop_start", np.arange(0, faces.size, 3, dtype=np.int32))
-    mesh.polygons.foreach_set("loop_total", np.full(len(faces), 3, dtype=np.int32))
-    if colors is not None:
-        colors = np.asarray(colors, dtype=np.float32).reshape(-1, 3)
-        rgba = np.ones((len(colors), 4), dtype=np.float32)
-        rgba[:, :3] = colors
-        attr = mesh.color_attributes.new(color_name, "FLOAT_COLOR", "POINT")
-        attr.data.foreach_set("color", rgba.reshape(-1))
-        mesh.color_attributes.active_color = attr
-        mesh.color_attributes.render_color_index = mesh.color_attributes.active_color_index
-    mesh.update(calc_edges=True)
-    mesh.validate(clean_customdata=False)
-    return mesh

@@ -1,6 +1,7 @@
-"""Operators: thin glue. Each reads Blender data into arrays (rig.py, convert.py), hands a job to runner.py (engine
-in jobs.py), and writes the results back. They catch only Next3DError (report ERROR, return CANCELLED); a job's
-warnings are reported as WARNING. torch and the engine are never imported here.
+"""Operators: thin glue. Each reads what a job needs from Blender (scene.py, rig.py), builds the typed job
+(engine/job_specs.py), hands it to runner.py (the engine runs it in engine/jobs.py), and writes the results back
+(results.py). They catch only Next3DError (report ERROR, return CANCELLED); a job's warnings are reported as
+WARNING. torch and the engine are never imported here.
 
 Execution: in background mode (`blender -b`, or bpy as a module) render and mesh operators run synchronously and
 print progress; with a UI they start the job in the worker process and return at once (Esc or Cancel stops it).
@@ -10,20 +11,21 @@ runner.drain() themselves, since timers never fire in module mode).
 
 import os
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import bpy
 import numpy as np
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
 from bpy.types import Operator
 
-from . import convert, rig, runner
-from .core.errors import InputError, Next3DError
-from .heads import HeadSpec, default_head_name, head_arrays, head_info
+from ..core.errors import InputError, Next3DError
+from ..engine.heads import DEFAULT_HEAD_NAME, head_arrays
+from ..engine.job_specs import InvertJob, MeshJob, PreviewJob, RenderJob
+from . import rig, runner
 from .preferences import get_preferences
+from .results import RENDER_IMAGE, MeshBuilder, apply_photo_avatar, store_image
+from .scene import cache_dir, check_writable, default_avatar_folder, head_spec, model_spec, output_dir, prepare
 
-RENDER_IMAGE = "Next3D Render"
-MESH_COLLECTION = "Next3D Meshes"
 MODES = (("AUTO", "Auto", "Synchronous in background mode, in the worker with a UI"),
          ("SYNC", "Synchronous", "Block until done"),
          ("ASYNC", "Worker", "Run in the worker process and return at once"))
@@ -31,146 +33,8 @@ MODES = (("AUTO", "Auto", "Synchronous in background mode, in the worker with a 
 
 # ------------------------------------------------------------------------------------------------ helpers
 
-def head_spec(prefs) -> HeadSpec:
-    """The official model (and a project model given a FLAME file) is driven by the user's FLAME model; the
-    bundled default by the default head."""
-    if prefs.model_source == "OFFICIAL" or (prefs.model_source == "PROJECT" and prefs.flame_model_path):
-        return HeadSpec("flame", bpy.path.abspath(prefs.flame_model_path),
-                        bpy.path.abspath(prefs.flame_landmark_path))
-    return HeadSpec("default")
-
-
-def model_spec(prefs) -> dict:
-    source = prefs.model_source.lower()
-    path = {"official": prefs.official_path, "project": prefs.project_path}.get(source, "")
-    path = bpy.path.abspath(path) if path else ""
-    if source != "default" and (not path or not os.path.isfile(path)):
-        what = "next3d_ffhq_512.pkl" if source == "official" else "the .safetensors model"
-        raise InputError(f"The model file {path or '(none)'!r} does not exist. Choose {what} in Next3D > Model "
-                         "(add-on preferences), or switch the model to Bundled Default.")
-    return {"source": source, "path": path, "device": prefs.device.lower()}
-
-
-AVATAR_MODEL, AVATAR_LATENT = "avatar.safetensors", "latent.npy"
-
-
-def photo_avatar_folder(settings) -> Path:
-    """The folder of the scene's photo avatar, checked to hold the tuned model and the latent."""
-    raw = settings.avatar_folder
-    folder = Path(bpy.path.abspath(raw)) if raw else None
-    if folder is None or not (folder / AVATAR_MODEL).is_file() or not (folder / AVATAR_LATENT).is_file():
-        raise InputError(f"The avatar folder {str(folder) if folder else '(none)'!r} does not hold {AVATAR_MODEL} "
-                         f"and {AVATAR_LATENT}. Make one with 'Avatar from Photo', or set Avatar to Seed.")
-    return folder
-
-
-def cache_dir() -> str:
-    try:
-        return bpy.utils.extension_path_user(__package__, path="cache", create=True)
-    except (ValueError, RuntimeError, TypeError, AttributeError):
-        # Not installed as an extension (development checkout): the engine's default cache folder.
-        return ""
-
-
-def output_dir(scene) -> Path:
-    """The scene's output folder (Output properties > Output path), relative paths resolved against the .blend."""
-    raw = scene.render.filepath or "//"
-    path = bpy.path.abspath(raw)
-    if not path:
-        raise InputError("The scene's output path is empty; set Output properties > Output.")
-    return Path(path)
-
-
-def check_writable(folder: Path) -> None:
-    """Fail early, without creating anything, when the output folder cannot be written."""
-    probe = folder
-    while not probe.exists():
-        if probe.parent == probe:
-            break
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise InputError(f"Cannot write to the output folder {str(folder)!r} ({str(probe)!r} is not writable). "
-                         "Set a folder you can write to in Output properties > Output.")
-
-
-def scene_camera(scene):
-    cam = scene.camera
-    if cam is None:
-        raise InputError("The scene has no camera. Add one (Add > Camera) and make it the scene camera, or let "
-                         "'Add FLAME Head' add one framed on the head.")
-    return cam
-
-
-def collect_frames(context, the_rig: rig.Rig, numbers: List[int], n_shape: int, n_expr: int
-                   ) -> Tuple[Dict[str, np.ndarray], Dict[int, np.ndarray], dict]:
-    """Per-frame job arrays (jobs.py) for `numbers`, the head's world matrix per frame, and the framing; the scene's
-    current frame is restored afterwards."""
-    scene = context.scene
-    original = (scene.frame_current, scene.frame_subframe)
-    rows = {k: [] for k in ("shape", "expression", "jaw", "eyes", "cam2world", "intrinsics")}
-    heads: Dict[int, np.ndarray] = {}
-    framing = None
-    try:
-        for number in numbers:
-            scene.frame_set(int(number))
-            depsgraph = context.evaluated_depsgraph_get()
-            state = rig.read_frame(the_rig, n_shape, n_expr, depsgraph)
-            cam = scene_camera(scene)
-            params = convert.camera_params(cam, scene)
-            frame_framing = convert.square_framing(convert.intrinsics_pixels(params), params.width, params.height)
-            framing = framing or frame_framing
-            cam_world = convert.matrix_to_numpy(cam.evaluated_get(depsgraph).matrix_world)
-            c2w = convert.camera_in_head_space(convert.opencv_cam2world(cam_world), state.head_to_world)
-            rows["shape"].append(state.shape)
-            rows["expression"].append(state.expression)
-            rows["jaw"].append(state.jaw)
-            rows["eyes"].append(state.eyes)
-            rows["cam2world"].append(c2w)
-            rows["intrinsics"].append(frame_framing.intrinsics)
-            heads[int(number)] = state.head_to_world
-    finally:
-        scene.frame_set(original[0], subframe=original[1])
-    arrays = {k: np.asarray(v, dtype=np.float32) for k, v in rows.items()}
-    arrays["numbers"] = np.asarray(numbers, dtype=np.int64)
-    frame = {"width": framing.width, "height": framing.height, "side": framing.side, "x0": framing.x0,
-             "y0": framing.y0}
-    return arrays, heads, frame
-
-
-def prepare(context, numbers: Optional[List[int]] = None):
-    """Everything a job needs from the scene: (rig, base job, arrays, head matrices, rig warnings)."""
-    prefs = get_preferences(context)
-    spec = head_spec(prefs)
-    model = model_spec(prefs)
-    the_rig = rig.find_rig(context.active_object)
-    n_vertices, n_shape, n_expr = head_info(spec)
-    warnings = rig.check_rig(the_rig, n_vertices, n_shape, n_expr)
-    scene_camera(context.scene)
-    numbers = numbers if numbers is not None else [context.scene.frame_current]
-    arrays, heads, framing = collect_frames(context, the_rig, numbers, n_shape, n_expr)
-    s = context.scene.next3d
-    job = dict(framing, model=model, head=spec.to_dict(), cache_dir=cache_dir(), seed=int(s.seed),
-               truncation_psi=float(s.truncation_psi), truncation_cutoff=14, sample_seed=int(s.sample_seed),
-               threads=int(prefs.threads))
-    if s.avatar_source == "PHOTO":
-        folder = photo_avatar_folder(s)
-        job["model"] = dict(model, source="project", path=str(folder / AVATAR_MODEL))
-        job["latent_path"] = str(folder / AVATAR_LATENT)
-    return the_rig, job, arrays, heads, warnings, prefs
-
-
 def synchronous(mode: str) -> bool:
     return mode == "SYNC" or (mode == "AUTO" and bpy.app.background)
-
-
-def show_image(image) -> None:
-    """Show the image in every open Image Editor."""
-    wm = bpy.context.window_manager
-    for window in getattr(wm, "windows", []):
-        for area in window.screen.areas:
-            if area.type == "IMAGE_EDITOR":
-                area.spaces.active.image = image
-                area.tag_redraw()
 
 
 def report_task(op: Operator, task: runner.Task, extra_warnings: List[str]) -> None:
@@ -202,7 +66,7 @@ class NEXT3D_OT_add_head(Operator):
         try:
             spec = head_spec(get_preferences(context))
             arrays = head_arrays(spec, cache_dir=cache_dir() or None)
-            name = default_head_name() if spec.kind == "default" else Path(spec.model_path).stem
+            name = DEFAULT_HEAD_NAME if spec.kind == "default" else Path(spec.model_path).stem
             rig.build_rig(context, arrays, name, add_camera=self.add_camera and context.scene.camera is None)
         except Next3DError as exc:
             self.report({"ERROR"}, str(exc))
@@ -330,28 +194,17 @@ class NEXT3D_OT_render_frame(_JobOperator, Operator):
 
     def execute(self, context):
         try:
-            the_rig, job, arrays, heads, warnings, prefs = prepare(context)
-            job["kind"] = "preview"
-            task = runner.Task(job, arrays, "Render frame", on_image=_store_image)
-            runner.start(task, prefs, synchronous(self.mode))
+            frames = prepare(context)
+            task = runner.Task(frames.job(PreviewJob), frames.arrays, "Render frame", on_image=store_image)
+            runner.start(task, frames.prefs, synchronous(self.mode))
         except Next3DError as exc:
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
         if task.finished:
-            report_task(self, task, warnings)
+            report_task(self, task, frames.warnings)
             self.report({"INFO"}, f"Rendered frame {context.scene.frame_current} into '{RENDER_IMAGE}'")
             return {"FINISHED"}
-        return self._go_modal(context, task, warnings)
-
-
-def _store_image(header: dict, arrays: Dict[str, np.ndarray]) -> None:
-    image = convert.image_from_pixels(RENDER_IMAGE, arrays["pixels"])
-    image["next3d_frame"] = int(header.get("number", 0))
-    try:
-        image.preview_ensure()
-    except (AttributeError, RuntimeError):
-        pass
-    show_image(image)
+        return self._go_modal(context, task, frames.warnings)
 
 
 class NEXT3D_OT_render_animation(_JobOperator, Operator):
@@ -396,18 +249,18 @@ class NEXT3D_OT_render_animation(_JobOperator, Operator):
                 seq_first, seq_last = min(scene.frame_start, numbers[0]), max(scene.frame_end, numbers[-1])
             folder = output_dir(scene)
             check_writable(folder)
-            the_rig, job, arrays, heads, warnings, prefs = prepare(context, numbers)
+            frames = prepare(context, numbers)
             fps = scene.render.fps / (scene.render.fps_base or 1.0)
-            job.update(kind="render", out_dir=str(folder), overwrite=bool(scene.next3d.overwrite),
-                       write_video=bool(scene.next3d.write_video), fps=fps, sequence_first=seq_first,
-                       sequence_last=seq_last, keyframes_only=keyframes_only)
-            task = runner.Task(job, arrays, "Render animation")
-            runner.start(task, prefs, synchronous(self.mode))
+            job = frames.job(RenderJob, out_dir=str(folder), overwrite=bool(scene.next3d.overwrite),
+                             write_video=bool(scene.next3d.write_video), fps=fps, sequence_first=seq_first,
+                             sequence_last=seq_last, keyframes_only=keyframes_only)
+            task = runner.Task(job, frames.arrays, "Render animation")
+            runner.start(task, frames.prefs, synchronous(self.mode))
         except Next3DError as exc:
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
         if task.finished:
-            report_task(self, task, warnings)
+            report_task(self, task, frames.warnings)
             if task.cancelled:
                 self.report({"WARNING"}, task.status)
                 return {"CANCELLED"}
@@ -415,7 +268,7 @@ class NEXT3D_OT_render_animation(_JobOperator, Operator):
             self.report({"INFO"}, f"Wrote {len(s.get('written', []))} frame(s) to {s.get('out_dir')}"
                         + (f" and {Path(s['video']).name}" if s.get("video") else ""))
             return {"FINISHED"}
-        return self._go_modal(context, task, warnings)
+        return self._go_modal(context, task, frames.warnings)
 
 
 class NEXT3D_OT_cancel_job(Operator):
@@ -459,19 +312,6 @@ class NEXT3D_OT_release_worker(Operator):
 
 # ------------------------------------------------------------------------------------------------ photo
 
-def default_avatar_folder(image_path: str) -> Path:
-    """Beside the .blend (//next3d_avatars/<photo name>) when it is saved, else in the extension's user folder."""
-    stem = Path(image_path).stem or "avatar"
-    if bpy.data.filepath:
-        return Path(bpy.path.abspath("//next3d_avatars")) / stem
-    try:
-        return Path(bpy.utils.extension_path_user(__package__, path="avatars", create=True)) / stem
-    except (ValueError, RuntimeError, TypeError, AttributeError):
-        import tempfile
-
-        return Path(tempfile.gettempdir()) / "next3d_avatars" / stem
-
-
 class NEXT3D_OT_avatar_from_photo(_JobOperator, Operator):
     """Make a one-shot avatar from a portrait photo: detect the face, fit FLAME and the camera, then tune the model
     to the photo (pivotal tuning). The scene's avatar becomes the result; with a rig selected, its shape keys take
@@ -512,12 +352,12 @@ class NEXT3D_OT_avatar_from_photo(_JobOperator, Operator):
             prefs = get_preferences(context)
             spec = head_spec(prefs)
             model = model_spec(prefs)
-            job = dict(kind="invert", model=model, head=spec.to_dict(), cache_dir=cache_dir(),
-                       image_path=image_path, out_dir=str(folder), latent_steps=int(self.latent_steps),
-                       tune_steps=int(self.tune_steps), seed=int(scene.next3d.seed), overwrite=bool(self.overwrite),
-                       vgg16_path=bpy.path.abspath(prefs.vgg16_path) if prefs.vgg16_path else "",
-                       lpips_path=bpy.path.abspath(prefs.lpips_path) if prefs.lpips_path else "",
-                       threads=int(prefs.threads))
+            job = InvertJob(model=model, head=spec, cache_dir=cache_dir(), image_path=image_path, out_dir=str(folder),
+                            latent_steps=int(self.latent_steps), tune_steps=int(self.tune_steps),
+                            seed=int(scene.next3d.seed), overwrite=bool(self.overwrite),
+                            vgg16_path=bpy.path.abspath(prefs.vgg16_path) if prefs.vgg16_path else "",
+                            lpips_path=bpy.path.abspath(prefs.lpips_path) if prefs.lpips_path else "",
+                            threads=int(prefs.threads))
             try:
                 target_rig = rig.find_rig(context.active_object) if self.apply_shape else None
             except Next3DError:
@@ -547,15 +387,6 @@ class NEXT3D_OT_avatar_from_photo(_JobOperator, Operator):
         return self._go_modal(context, task, [])
 
 
-def apply_photo_avatar(scene, summary: dict, mesh_obj) -> None:
-    """Point the scene's avatar at the new folder; give the rig (if any) the fitted face shape."""
-    if scene is not None:
-        scene.next3d.avatar_folder = summary["out_dir"]
-        scene.next3d.avatar_source = "PHOTO"
-    if mesh_obj is not None and summary.get("shape"):
-        rig.set_key_values(mesh_obj, rig.SHAPE_PREFIX, np.asarray(summary["shape"], dtype=np.float32))
-
-
 # ------------------------------------------------------------------------------------------------ meshes
 
 class NEXT3D_OT_extract_mesh(_JobOperator, Operator):
@@ -577,72 +408,19 @@ class NEXT3D_OT_extract_mesh(_JobOperator, Operator):
                                      "current frame.")
             else:
                 numbers = [scene.frame_current]
-            the_rig, job, arrays, heads, warnings, prefs = prepare(context, numbers)
-            job.update(kind="mesh", resolution=int(scene.next3d.mesh_resolution))
-            builder = MeshBuilder(scene, the_rig, heads, sequence=len(numbers) > 1)
-            task = runner.Task(job, arrays, "Extract mesh", on_mesh=builder.add)
-            runner.start(task, prefs, synchronous(self.mode))
+            frames = prepare(context, numbers)
+            job = frames.job(MeshJob, resolution=int(scene.next3d.mesh_resolution))
+            builder = MeshBuilder(scene, frames.rig, frames.heads, sequence=len(numbers) > 1)
+            task = runner.Task(job, frames.arrays, "Extract mesh", on_mesh=builder.add)
+            runner.start(task, frames.prefs, synchronous(self.mode))
         except Next3DError as exc:
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
         if task.finished:
-            report_task(self, task, warnings)
+            report_task(self, task, frames.warnings)
             self.report({"INFO"}, f"Extracted {len(builder.objects)} mesh(es)")
             return {"FINISHED"}
-        return self._go_modal(context, task, warnings)
-
-
-class MeshBuilder:
-    """Turns extracted meshes (FLAME space) into objects placed on the head in world space."""
-
-    def __init__(self, scene, the_rig: rig.Rig, heads: Dict[int, np.ndarray], sequence: bool):
-        self.scene_name = scene.name
-        self.rig_name = the_rig.name
-        self.heads = heads
-        self.sequence = sequence
-        self.objects: List[str] = []
-
-    def _collection(self, scene):
-        if not self.sequence:
-            return scene.collection
-        name = f"{MESH_COLLECTION} {self.rig_name}"
-        coll = bpy.data.collections.get(name)
-        if coll is None:
-            coll = bpy.data.collections.new(name)
-        if coll.name not in scene.collection.children:
-            scene.collection.children.link(coll)
-        return coll
-
-    def add(self, header: dict, arrays: Dict[str, np.ndarray]) -> None:
-        from mathutils import Matrix
-
-        scene = bpy.data.scenes[self.scene_name]
-        number = int(header["number"])
-        colors = np.asarray(arrays["colors"], dtype=np.float32) / 255.0
-        # Vertex colours are display-referred (sRGB bytes); Blender's float colour attributes are linear.
-        linear = np.where(colors <= 0.04045, colors / 12.92, ((colors + 0.055) / 1.055) ** 2.4)
-        name = f"Next3D Mesh {self.rig_name} {number:04d}"
-        mesh = convert.mesh_from_arrays(name, arrays["vertices"], arrays["faces"], linear)
-        obj = bpy.data.objects.new(name, mesh)
-        obj.matrix_world = Matrix([list(r) for r in self.heads[number]])
-        obj.next3d.mesh_frame = number
-        self._collection(scene).objects.link(obj)
-        if self.sequence:
-            _show_only_on_frame(obj, number)
-        self.objects.append(obj.name)
-
-
-def _show_only_on_frame(obj, number: int) -> None:
-    for frame, hidden in ((number - 1, True), (number, False), (number + 1, True)):
-        obj.hide_viewport = hidden
-        obj.hide_render = hidden
-        obj.keyframe_insert("hide_viewport", frame=frame)
-        obj.keyframe_insert("hide_render", frame=frame)
-    for fc in rig.fcurves_of(obj):
-        for kp in fc.keyframe_points:
-            kp.interpolation = "CONSTANT"
-    obj.hide_viewport = False
-    obj.hide_render = False
+        return self._go_modal(context, task, frames.warnings)
 
 
 CLASSES = (NEXT3D_OT_add_head, NEXT3D_OT_reset_expression, NEXT3D_OT_reset_shape, NEXT3D_OT_random_shape,

@@ -13,8 +13,8 @@ Layout (names compatible with the FLAME Blender add-on, so rigs made with it are
 
 Per frame (`read_frame`): shape-key values -> shape and expression coefficients, jaw and eye bone rotations ->
 FLAME jaw and eye poses; the head's rigid motion in the world (object transform, root and neck bones) is returned as
-a matrix and folded into the camera (convert.camera_in_head_space), as the generator wants a head with zero global
-pose.
+a matrix and folded into the camera (engine/convert.py's camera_in_head_space), as the generator wants a head
+with zero global pose.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .convert import bone_rotation_in_parent_axes, matrix_to_axis_angle, matrix_to_numpy
-from .core.errors import InputError
+from ..core.errors import InputError
+from ..engine.convert import bone_rotation_in_parent_axes, matrix_to_axis_angle, matrix_to_numpy
 
 BONES = ("root", "neck", "jaw", "left_eye", "right_eye")     # FLAME joints 0..4
 BONE_PARENTS = (None, "root", "neck", "neck", "neck")
@@ -65,7 +65,7 @@ def build_rig(context, arrays: Dict[str, np.ndarray], head_name: str, *, add_cam
     """Create the armature + mesh + shape keys in the active collection at the 3D cursor; returns the armature."""
     import bpy
 
-    from .convert import mesh_from_arrays
+    from .datablocks import mesh_from_arrays
 
     scene = context.scene
     collection = context.collection or scene.collection

@@ -1,8 +1,8 @@
-"""The engine side of the add-on: jobs described by plain data, run by `run_job` in the worker process (worker.py)
-or, in background mode, in Blender's own process. No bpy here; torch and core are imported inside the functions.
+"""Running the engine's jobs: `run_job` in the worker process (worker.py) or, in background mode, in Blender's own
+process. No bpy here; torch and core are imported inside the functions.
 
-A job is a JSON-able dict plus named numpy arrays (the per-frame rig state), so it crosses a process boundary
-unchanged (worker.py's wire format). Job kinds:
+A job is a typed description (job_specs.py: its fields and defaults) plus named numpy arrays (the per-frame rig
+state); both cross a process boundary unchanged (worker.py's wire format). Job kinds:
 
   "render"   frames -> PNGs in out_dir (core.sequence.render_sequence: atomic, resumable, settings-checked), then
              a video of them. Emits "begin", one "frame" per written frame, then "done" (or "cancelled").
@@ -14,12 +14,9 @@ unchanged (worker.py's wire format). Job kinds:
              shape (or "cancelled": nothing is written).
   "ping"     emits "pong" (worker start-up check).
 
-Common job fields: model {source: default|official|project, path, device}, head (heads.HeadSpec dict), seed,
-truncation_psi, truncation_cutoff, sample_seed, cache_dir, and latent_path (an avatar made from a photo: its ws
-replace the seed's). Per-frame arrays, N frames: numbers [N] (Blender frame
-numbers), shape [N, S], expression [N, E], jaw [N, 3], eyes [N, 6], cam2world [N, 4, 4] (OpenCV camera in the head's
-FLAME space, see convert.py) and intrinsics [N, 3, 3] (normalized by the square side, see convert.square_framing).
-Framing fields: width, height, side, x0, y0 (the scene's render as the centre crop of a square).
+Per-frame arrays, N frames: numbers [N] (Blender frame numbers), shape [N, S], expression [N, E], jaw [N, 3],
+eyes [N, 6], cam2world [N, 4, 4] (OpenCV camera in the head's FLAME space, see convert.py) and intrinsics [N, 3, 3]
+(normalized by the square side, see convert.square_framing).
 """
 
 from __future__ import annotations
@@ -27,12 +24,14 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .core.errors import InputError, Next3DError
+from ..core.errors import InputError, Next3DError
 from .heads import HeadSpec, head_arrays
+from .job_specs import (AvatarJob, InvertJob, Job, MeshJob, ModelSpec, PingJob, PreviewJob, RenderJob,
+                        job_from_dict)
 
 Emit = Callable[[str, dict, Optional[Dict[str, np.ndarray]]], None]
 StopFn = Callable[[], bool]
@@ -70,36 +69,35 @@ def _device(requested: str, warnings: List[str]) -> str:
     return "cuda" if requested == "cuda" else "cpu"
 
 
-def weights_fingerprint(model: dict) -> str:
+def weights_fingerprint(model: ModelSpec) -> str:
     """A digest of the weights file a model spec names (the bundled default's for the default), '' if there is none:
     it keys the model cache and is recorded with rendered frames, so weights replaced in place are never mixed."""
-    from .core.default_model import weights_digest
+    from ..core.default_model import weights_digest
 
-    if model.get("source", "default") == "default":
+    if model.source == "default":
         return weights_digest()
-    return weights_digest(Path(model.get("path", "") or ""))
+    return weights_digest(Path(model.path))
 
 
-def model_cache_key(model: dict, device: str) -> tuple:
+def model_cache_key(model: ModelSpec, device: str) -> tuple:
     """What a model spec's generator is cached under, and the identities made with it: source, path, weights digest
     and device."""
-    return ("model", model.get("source", "default"), model.get("path", "") or "", weights_fingerprint(model), device)
+    return ("model", model.source, model.path, weights_fingerprint(model), device)
 
 
-def load_model(model: dict, warnings: List[str]):
+def load_model(model: ModelSpec, warnings: List[str]):
     """(generator, description) for a model spec; cached per (source, path, weights digest, device)."""
-    source = model.get("source", "default")
-    path = model.get("path", "") or ""
-    device = _device(model.get("device", "cpu"), warnings)
+    source, path = model.source, model.path
+    device = _device(model.device, warnings)
 
     def build():
         if source == "default":
-            from .core.default_model import default_model
+            from ..core.default_model import default_model
 
             dm = default_model()
             return dm.generator.to(device), dm.description
         if source in ("official", "project"):
-            from .core.io.generator_io import load_generator
+            from ..core.io.generator_io import load_generator
 
             if not path:
                 what = "next3d_ffhq_512.pkl" if source == "official" else "a .safetensors model"
@@ -110,14 +108,13 @@ def load_model(model: dict, warnings: List[str]):
     return _cache_get(model_cache_key(model, device), build)
 
 
-def load_head_model(spec: dict, cache_dir: Optional[str]):
-    """core.flame.FlameModel for a head spec (cached)."""
-    head = HeadSpec.from_dict(spec or {})
+def load_head_model(head: HeadSpec, cache_dir: str):
+    """core.flame.FlameModel for a head spec (cached); cache_dir "" is the engine's default cache folder."""
 
     def build():
-        from .core.flame import FlameModel, FlameModelData
+        from ..core.flame import FlameModel, FlameModelData
 
-        arrays = head_arrays(head, cache_dir=cache_dir)
+        arrays = head_arrays(head, cache_dir=cache_dir or None)
         return FlameModel(FlameModelData(**arrays, name=head.kind, source=head.model_path or "the default head"))
 
     return _cache_get(("head", head.kind, head.model_path, head.landmark_path), build)
@@ -127,14 +124,14 @@ def avatar_identity(generator, model_key: tuple, seed: int, psi: float, cutoff: 
     """The avatar: drawn from `seed`, or the ws saved by an inversion (`latent_path`)."""
     import torch
 
-    from .core.rendering.camera import ffhq_camera
-    from .core.sampling import latent_from_seed
+    from ..core.rendering.camera import ffhq_camera
+    from ..core.sampling import latent_from_seed
 
     def build():
         device = next(generator.parameters()).device
         with torch.no_grad():
             if latent_path:
-                from .core.inversion.avatar_files import load_latent
+                from ..core.inversion.avatar_files import load_latent
 
                 return generator.make_identity(load_latent(latent_path, generator).to(device))
             z = latent_from_seed(int(seed), generator.config.z_dim).to(device)
@@ -239,7 +236,7 @@ class FrameInputs:
         """[V + 68, 3] float32 tensor: vertices then landmarks of frame `number` (zero global pose and neck)."""
         import torch
 
-        from .core.flame import FlameParams
+        from ..core.flame import FlameParams
 
         i = self._row(number)
         a = self.arrays
@@ -256,7 +253,7 @@ class FrameInputs:
 def frame_source(inputs: FrameInputs, first: int, last: int):
     """A core.sequence FrameSource over Blender frame numbers first..last (only the job's frames are evaluated;
     render_sequence asks only for the frames it renders)."""
-    from .core.sequence.render import FrameSource
+    from ..core.sequence.render import FrameSource
 
     class RigFrameSource(FrameSource):
         description = "Blender animation"
@@ -310,25 +307,14 @@ class FramedGenerator:
         return replace(out, image=self.frame(out.image))
 
 
-def _framing(job: dict) -> Tuple[int, int, int, int, int]:
-    try:
-        w, h = int(job["width"]), int(job["height"])
-        side, x0, y0 = int(job.get("side", max(w, h))), int(job.get("x0", 0)), int(job.get("y0", 0))
-    except (KeyError, TypeError, ValueError):
-        raise InputError("The job lacks the render size (width, height).") from None
-    if w < 1 or h < 1 or w > 16384 or h > 16384:
-        raise InputError(f"The render size {w} x {h} is not usable; set the scene's resolution (Output properties).")
-    return side, x0, y0, w, h
-
-
 # ------------------------------------------------------------------------------------------------ jobs
 
-def _prepare(job: dict, arrays: Dict[str, np.ndarray], emit: Emit):
+def _prepare(job: AvatarJob, arrays: Dict[str, np.ndarray], emit: Emit):
     warnings: List[str] = []
     n = check_frame_arrays(arrays)
-    generator, description = load_model(job.get("model") or {}, warnings)
+    generator, description = load_model(job.model, warnings)
     cfg = generator.config
-    flame = load_head_model(job.get("head") or {}, job.get("cache_dir"))
+    flame = load_head_model(job.head, job.cache_dir)
     if flame.n_vertices != cfg.n_vertices:
         raise InputError(f"The head model has {flame.n_vertices} vertices but the generator ({description}) expects "
                          f"{cfg.n_vertices}; choose the FLAME model that goes with this generator.")
@@ -338,9 +324,9 @@ def _prepare(job: dict, arrays: Dict[str, np.ndarray], emit: Emit):
                         "on; the rendering will not match the rig. Use the head that goes with the model.")
     labels = camera_labels(arrays, cfg)
     warnings += camera_warnings(labels, [int(x) for x in arrays["numbers"]], cfg)
-    model_key = model_cache_key(job.get("model") or {}, str(next(generator.parameters()).device))
-    identity = avatar_identity(generator, model_key, job.get("seed", 0), job.get("truncation_psi", 0.7),
-                               job.get("truncation_cutoff", 14), job.get("latent_path") or "")
+    model_key = model_cache_key(job.model, str(next(generator.parameters()).device))
+    identity = avatar_identity(generator, model_key, job.seed, job.truncation_psi, job.truncation_cutoff,
+                               job.latent_path)
     for w in warnings:
         emit("warning", {"message": w}, None)
     return n, generator, description, flame, labels, identity
@@ -357,26 +343,24 @@ def _runs(numbers: Sequence[int]) -> List[Tuple[int, int]]:
     return runs
 
 
-def render_job(job: dict, arrays: Dict[str, np.ndarray], emit: Emit, should_stop: StopFn) -> dict:
-    from .core.sequence.render import SequenceInterrupted, frame_name, render_sequence
-    from .core.sequence.video import write_video
+def render_job(job: RenderJob, arrays: Dict[str, np.ndarray], emit: Emit, should_stop: StopFn) -> dict:
+    from ..core.sequence.render import SequenceInterrupted, frame_name, render_sequence
+    from ..core.sequence.video import write_video
 
     n, generator, description, flame, labels, identity = _prepare(job, arrays, emit)
-    side, x0, y0, w, h = _framing(job)
-    out_dir = Path(job.get("out_dir") or "")
-    if not job.get("out_dir"):
+    side, x0, y0, w, h = job.framing()
+    out_dir = Path(job.out_dir)
+    if not job.out_dir:
         raise InputError("No output folder is set; set the scene's output path (Output properties > Output).")
     numbers = sorted(int(x) for x in arrays["numbers"])
-    first_all = int(job.get("sequence_first", numbers[0]))
-    last_all = int(job.get("sequence_last", numbers[-1]))
+    first_all = job.sequence_first if job.sequence_first is not None else numbers[0]
+    last_all = job.sequence_last if job.sequence_last is not None else numbers[-1]
     framed = FramedGenerator(generator, side, x0, y0, w, h)
     source = frame_source(FrameInputs(arrays, labels, flame), min(first_all, numbers[0]), max(last_all, numbers[-1]))
-    settings = {"model": description, "weights": weights_fingerprint(job.get("model") or {}),
-                "seed": int(job.get("seed", 0)), "latent": job.get("latent_path") or None,
-                "truncation_psi": round(float(job.get("truncation_psi", 0.7)), 6),
-                "sample_seed": int(job.get("sample_seed", 0)), "width": w, "height": h,
-                "head": (job.get("head") or {}).get("kind", "default")}
-    on_disk = [k for k in numbers if (out_dir / frame_name(k)).is_file()] if not job.get("overwrite") else []
+    settings = {"model": description, "weights": weights_fingerprint(job.model), "seed": job.seed,
+                "latent": job.latent_path or None, "truncation_psi": round(job.truncation_psi, 6),
+                "sample_seed": job.sample_seed, "width": w, "height": h, "head": job.head.kind}
+    on_disk = [k for k in numbers if (out_dir / frame_name(k)).is_file()] if not job.overwrite else []
     emit("begin", {"total": len(numbers), "skipped": len(on_disk), "out_dir": str(out_dir),
                    "description": description}, None)
     done = {"count": len(on_disk)}
@@ -392,7 +376,7 @@ def render_job(job: dict, arrays: Dict[str, np.ndarray], emit: Emit, should_stop
     for first, last in _runs(numbers):
         try:
             result = render_sequence(framed, identity, source, out_dir, frame_range=(first, last),
-                                     overwrite=bool(job.get("overwrite")), seed=int(job.get("sample_seed", 0)),
+                                     overwrite=job.overwrite, seed=job.sample_seed,
                                      progress=False, write_video=False, settings=settings,
                                      should_stop=should_stop, on_frame=on_frame)
         except SequenceInterrupted:
@@ -408,26 +392,26 @@ def render_job(job: dict, arrays: Dict[str, np.ndarray], emit: Emit, should_stop
     if interrupted:
         emit("cancelled", summary, None)
         return summary
-    if job.get("write_video", True) and not summary["missing"]:
+    if job.write_video and not summary["missing"]:
         seq = [out_dir / frame_name(k) for k in range(first_all, last_all + 1)]
-        whole = job.get("keyframes_only") or all(p.is_file() for p in seq)
+        whole = job.keyframes_only or all(p.is_file() for p in seq)
         if whole:
-            video_frames, target = (paths if job.get("keyframes_only") else seq), out_dir / "video.mp4"
+            video_frames, target = (paths if job.keyframes_only else seq), out_dir / "video.mp4"
         else:
             video_frames, target = paths, out_dir / f"video_{numbers[0]:05d}-{numbers[-1]:05d}.mp4"
-        summary["video"] = str(write_video(video_frames, target, fps=float(job.get("fps", 24.0))))
+        summary["video"] = str(write_video(video_frames, target, fps=job.fps))
     emit("done", summary, None)
     return summary
 
 
-def preview_job(job: dict, arrays: Dict[str, np.ndarray], emit: Emit, should_stop: StopFn) -> dict:
+def preview_job(job: PreviewJob, arrays: Dict[str, np.ndarray], emit: Emit, should_stop: StopFn) -> dict:
     import torch
 
-    from .core.io.images import to_uint8
-    from .core.sequence.render import frame_seed
+    from ..core.io.images import to_uint8
+    from ..core.sequence.render import frame_seed
 
     n, generator, description, flame, labels, identity = _prepare(job, arrays, emit)
-    side, x0, y0, w, h = _framing(job)
+    side, x0, y0, w, h = job.framing()
     framed = FramedGenerator(generator, side, x0, y0, w, h)
     number = int(arrays["numbers"][0])
     src = FrameInputs(arrays, labels, flame)
@@ -435,23 +419,22 @@ def preview_job(job: dict, arrays: Dict[str, np.ndarray], emit: Emit, should_sto
     with torch.no_grad():
         v = src.mesh_input(number)[None].to(device)
         c = src.label(number)[None].to(device)
-        rng = torch.Generator(device=device).manual_seed(frame_seed(int(job.get("sample_seed", 0)), number))
+        rng = torch.Generator(device=device).manual_seed(frame_seed(job.sample_seed, number))
         out = framed.render_frame(identity, v, c, generator=rng)
     pixels = to_uint8(out.image[0])
     emit("image", {"number": number, "width": w, "height": h, "description": description}, {"pixels": pixels})
     return {"number": number}
 
 
-def mesh_job(job: dict, arrays: Dict[str, np.ndarray], emit: Emit, should_stop: StopFn) -> dict:
+def mesh_job(job: MeshJob, arrays: Dict[str, np.ndarray], emit: Emit, should_stop: StopFn) -> dict:
     import torch
 
-    from .core.mesh import extract_mesh, surface_level
+    from ..core.mesh import extract_mesh, surface_level
 
     n, generator, description, flame, labels, identity = _prepare(job, arrays, emit)
     numbers = [int(x) for x in arrays["numbers"]]
     src = FrameInputs(arrays, labels, flame)
-    resolution = int(job.get("resolution", 128))
-    level = job.get("level")
+    resolution, level = job.resolution, job.level
     emit("begin", {"total": len(numbers), "skipped": 0, "description": description}, None)
     for k, number in enumerate(numbers):
         if should_stop():
@@ -470,21 +453,20 @@ def mesh_job(job: dict, arrays: Dict[str, np.ndarray], emit: Emit, should_stop: 
     return {"count": len(numbers)}
 
 
-def invert_job(job: dict, arrays: Dict[str, np.ndarray], emit: Emit, should_stop: StopFn) -> dict:
+def invert_job(job: InvertJob, arrays: Dict[str, np.ndarray], emit: Emit, should_stop: StopFn) -> dict:
     """A portrait photo -> an avatar folder (avatar.safetensors + latent.npy + the fit), by pivotal tuning."""
-    from .core.inversion.avatar_files import save_avatar
-    from .core.inversion.perceptual import load_perceptual
-    from .core.inversion.pti import invert
-    from .core.io.images import from_uint8, read_image
-    from .core.portrait import preprocess_portrait
+    from ..core.inversion.avatar_files import save_avatar
+    from ..core.inversion.perceptual import load_perceptual
+    from ..core.inversion.pti import invert
+    from ..core.io.images import from_uint8, read_image
+    from ..core.portrait import preprocess_portrait
 
     warnings: List[str] = []
-    image_path = str(job.get("image_path") or "")
-    out_dir = str(job.get("out_dir") or "")
+    image_path, out_dir = job.image_path, job.out_dir
     if not out_dir:
         raise InputError("No folder is set for the avatar; choose one in the Avatar from Photo dialog.")
-    generator, description = load_model(job.get("model") or {}, warnings)
-    flame = load_head_model(job.get("head") or {}, job.get("cache_dir"))
+    generator, description = load_model(job.model, warnings)
+    flame = load_head_model(job.head, job.cache_dir)
     for w in warnings:
         emit("warning", {"message": w}, None)
     image = read_image(image_path)
@@ -493,9 +475,9 @@ def invert_job(job: dict, arrays: Dict[str, np.ndarray], emit: Emit, should_stop
     for w in portrait.warnings:
         emit("warning", {"message": w}, None)
     perceptual = None
-    if job.get("vgg16_path"):
-        perceptual = load_perceptual(job["vgg16_path"], job.get("lpips_path") or None)
-    latent_steps, tune_steps = int(job.get("latent_steps", 450)), int(job.get("tune_steps", 500))
+    if job.vgg16_path:
+        perceptual = load_perceptual(job.vgg16_path, job.lpips_path or None)
+    latent_steps, tune_steps = job.latent_steps, job.tune_steps
     total = latent_steps + tune_steps
     emit("begin", {"total": total, "description": description}, None)
 
@@ -506,14 +488,14 @@ def invert_job(job: dict, arrays: Dict[str, np.ndarray], emit: Emit, should_stop
     target = from_uint8(portrait.image)[None].to(device)
     result = invert(generator, target, portrait.camera[None].to(device), portrait.mesh_input.to(device),
                     latent_steps=latent_steps, tune_steps=tune_steps, perceptual=perceptual,
-                    seed=int(job.get("seed", 0)), progress=progress, should_stop=should_stop)
+                    seed=job.seed, progress=progress, should_stop=should_stop)
     for w in result.warnings:
         emit("warning", {"message": w}, None)
     if result.stopped:
         summary = {"out_dir": out_dir, "missing": []}
         emit("cancelled", summary, None)
         return summary
-    save_avatar(out_dir, result, portrait=portrait, source_image=image_path, overwrite=bool(job.get("overwrite")))
+    save_avatar(out_dir, result, portrait=portrait, source_image=image_path, overwrite=job.overwrite)
     summary = {"out_dir": out_dir, "psnr": float(result.psnr_tuned),
                "shape": portrait.flame.shape[0].tolist(), "expression": portrait.flame.expression[0].tolist(),
                "fit_error_px": float(portrait.fit_error_px)}
@@ -524,22 +506,22 @@ def invert_job(job: dict, arrays: Dict[str, np.ndarray], emit: Emit, should_stop
 JOBS = {"render": render_job, "preview": preview_job, "mesh": mesh_job, "invert": invert_job}
 
 
-def run_job(job: dict, arrays: Dict[str, np.ndarray], emit: Emit, should_stop: Optional[StopFn] = None) -> dict:
-    """Run one job; user errors raise Next3DError (the caller reports them), everything else propagates."""
-    kind = job.get("kind")
-    if kind == "ping":
+def run_job(job: Union[Job, dict], arrays: Dict[str, np.ndarray], emit: Emit,
+            should_stop: Optional[StopFn] = None) -> dict:
+    """Run one job (typed, or as it came over the wire); user errors raise Next3DError (the caller reports them),
+    everything else propagates."""
+    if isinstance(job, dict):
+        job = job_from_dict(job)
+    if isinstance(job, PingJob):
         import torch
 
         emit("pong", {"torch": torch.__version__, "cuda": bool(torch.cuda.is_available())}, None)
         return {}
-    if kind not in JOBS:
-        raise InputError(f"Unknown job kind {kind!r}.")
-    threads = int(job.get("threads") or 0)
-    if threads > 0:
+    if job.threads > 0:
         import torch
 
-        torch.set_num_threads(threads)
-    return JOBS[kind](job, arrays, emit, should_stop or (lambda: False))
+        torch.set_num_threads(job.threads)
+    return JOBS[job.kind](job, arrays, emit, should_stop or (lambda: False))
 
 
 __all__ = ["run_job", "render_job", "preview_job", "mesh_job", "invert_job", "camera_labels", "camera_warnings",

@@ -16,8 +16,9 @@ from typing import Callable, Dict, List, Optional
 import bpy
 import numpy as np
 
-from .core.errors import Next3DError
-from .worker import WorkerClient, WorkerError, iter_until_finished
+from ..core.errors import Next3DError
+from ..engine.job_specs import Job
+from ..engine.worker import WorkerClient, WorkerError, iter_until_finished
 
 POLL_INTERVAL = 0.1
 
@@ -29,7 +30,7 @@ class WorkerFailure(Next3DError):
 class Task:
     """A job and what to do with its replies."""
 
-    def __init__(self, job: dict, arrays: Dict[str, np.ndarray], title: str,
+    def __init__(self, job: Optional[Job], arrays: Dict[str, np.ndarray], title: str,
                  on_image: Optional[Callable[[dict, Dict[str, np.ndarray]], None]] = None,
                  on_mesh: Optional[Callable[[dict, Dict[str, np.ndarray]], None]] = None,
                  on_done: Optional[Callable[["Task"], None]] = None):
@@ -47,6 +48,10 @@ class Task:
         self.cancel_requested = False
         self._progress_open = False
         self.reported = 0   # how many warnings the modal operator has reported already
+
+    @property
+    def kind(self) -> str:
+        return self.job.kind if self.job is not None else ""
 
     # -- UI feedback
     @staticmethod
@@ -110,7 +115,7 @@ class Task:
             self.total = int(header.get("total", 0))
             self.done = int(header.get("skipped", 0))
             extra = f", {self.done} already on disk" if self.done else ""
-            what = f"{self.total} step(s)" if self.job.get("kind") == "invert" else f"{self.total} frame(s){extra}"
+            what = f"{self.total} step(s)" if self.kind == "invert" else f"{self.total} frame(s){extra}"
             self._say(f"{self.title}: {what} ({header.get('description', '')})")
             self._progress(self.done)
         elif kind == "frame":
@@ -208,7 +213,7 @@ def start(task: Task, prefs, synchronous: bool) -> Task:
         task.raise_error()
         return task
     try:
-        _client(worker_python(prefs)).submit(task.job, task.arrays)
+        _client(worker_python(prefs)).submit(task.job.to_dict(), task.arrays)
     except WorkerError as exc:
         task.error, task.error_is_user = str(exc), False
         task._finish()
@@ -225,7 +230,7 @@ def _run_in_process(task: Task) -> None:
         raise Next3DError("torch cannot be imported in Blender's Python. Set 'Worker Python' in the Next3D "
                           "add-on preferences to a Python environment that has torch (e.g. the project's "
                           ".venv/bin/python).") from None
-    from . import jobs
+    from ..engine import jobs
 
     def should_stop() -> bool:
         return task.cancel_requested
@@ -237,7 +242,7 @@ def _run_in_process(task: Task) -> None:
 def _run_in_worker_blocking(task: Task, python: str) -> None:
     client = _client(python)
     try:
-        client.submit(task.job, task.arrays)
+        client.submit(task.job.to_dict(), task.arrays)
         for header, arrays in iter_until_finished(client):
             task.handle(header, arrays)
     except WorkerError as exc:

@@ -2,8 +2,8 @@
 
 Interactive Blender must never wait on torch, so jobs (jobs.py) run in a separate Python process: the interpreter
 set in the add-on preferences (Blender's own when torch is importable there, or an external environment such as
-the project's .venv). The add-on folder's parent goes on the child's sys.path, so the child imports this package
-(whose __init__ loads no bpy) and its vendored engine, `<package>.core`.
+the project's .venv). The add-on folder's parent goes on the child's sys.path, so the child imports the add-on's
+package (whose __init__ loads no bpy), this `engine` package and the vendored engine, `<package>.core`.
 
 Wire format, both directions, over the child's stdin/stdout (binary): a message is
 
@@ -12,7 +12,8 @@ Wire format, both directions, over the child's stdin/stdout (binary): a message 
 where the header is {"type": ..., ...payload, "arrays": [[name, dtype, shape], ...]} and the arrays follow in that
 order, C-contiguous. No pickle: the two sides may run different numpy versions.
 
-Requests: {"type": "job", "job": {...}} + arrays, {"type": "cancel"}, {"type": "quit"}.
+Requests: {"type": "job", "job": {...}} + arrays (the job as job_specs.py's `to_dict` writes it), {"type":
+"cancel"}, {"type": "quit"}.
 Replies: whatever the job emits ("begin", "frame", "image", "mesh", "warning", "done", "cancelled", "pong"), then
 {"type": "finished"}; a failure is {"type": "error", "message", "user": bool, "traceback"} followed by "finished".
 The child's own stdout is redirected to stderr at start-up, so stray prints cannot corrupt the channel; the parent
@@ -38,9 +39,9 @@ import numpy as np
 
 MAGIC = b"N3DW"
 MAX_HEADER = 16 << 20
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parents[1]     # the add-on's package folder
 _BOOT = ("import sys; sys.path.insert(0, sys.argv[1]); import importlib; "
-         "importlib.import_module(sys.argv[2] + '.worker').main()")
+         "importlib.import_module(sys.argv[2] + '.engine.worker').main()")
 
 Message = Tuple[dict, Dict[str, np.ndarray]]
 
@@ -129,8 +130,8 @@ def main() -> None:
         inbox.put(None)
 
     threading.Thread(target=reader, name="next3d-worker-reader", daemon=True).start()
+    from ..core.errors import Next3DError
     from . import jobs
-    from .core.errors import Next3DError
 
     send("ready", {"pid": os.getpid(), "python": sys.version.split()[0]})
     while True:

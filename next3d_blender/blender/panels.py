@@ -24,7 +24,7 @@ def _rig_of(context):
 
 def _job_status(layout, kinds=None) -> None:
     task = runner.active_task()
-    if task is None or (kinds is not None and task.job.get("kind") not in kinds):
+    if task is None or (kinds is not None and task.kind not in kinds):
         return
     box = layout.box()
     if not task.finished:

@@ -4,6 +4,8 @@ import bpy
 from bpy.props import EnumProperty, IntProperty, StringProperty
 from bpy.types import AddonPreferences
 
+from . import ADDON_PACKAGE
+
 MODEL_SOURCES = (
     ("DEFAULT", "Bundled Default", "The model shipped with the extension (random weights until trained ones are "
      "bundled)"),
@@ -18,7 +20,7 @@ DEVICES = (
 
 
 class NEXT3D_AddonPreferences(AddonPreferences):
-    bl_idname = __package__
+    bl_idname = ADDON_PACKAGE
 
     model_source: EnumProperty(name="Model", items=MODEL_SOURCES, default="DEFAULT")
     official_path: StringProperty(name="Next3D Model", description="next3d_ffhq_512.pkl", subtype="FILE_PATH")
@@ -71,7 +73,7 @@ class _Defaults:
 
 def get_preferences(context=None):
     context = context or bpy.context
-    addon = context.preferences.addons.get(__package__)
+    addon = context.preferences.addons.get(ADDON_PACKAGE)
     return addon.preferences if addon is not None and addon.preferences is not None else _Defaults()
 
 

@@ -9,5 +9,6 @@ Modules (imported on use, so `next3d --help` stays fast):
     loss           `Next3DLoss`: non-saturating loss, R1, density regularization, blur, pose conditioning
     loop           `TrainingOptions`, `train`: snapshots, resume, log, sample grids
     metrics        3-D consistency, control, Fréchet distance with a user-given feature network
-    cli            the `train`, `make-dataset` and `evaluate` commands
+
+The commands `train`, `make-dataset` and `evaluate` are in core/cli/.
 """

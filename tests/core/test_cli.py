@@ -1,6 +1,8 @@
 """The `next3d` command line on a tiny model file: sequence mode of `render` (real processes interrupted with
-SIGINT and SIGKILL, then resumed; a range split across two processes), `video`, `mesh`, argument errors, --help."""
+SIGINT and SIGKILL, then resumed; a range split across two processes), `video`, `mesh`, argument errors, --help;
+and the layout of core/cli (commands import only the shared modules; `import core.cli` loads no torch)."""
 
+import ast
 import importlib.util
 import math
 import os
@@ -194,8 +196,8 @@ def test_video_command_writes_an_orbit_video(files, tmp_path, seeds, frames, tot
 
 def test_mesh_command(files, tmp_path):
     out = tmp_path / "head.ply"
-    result = CliRunner().invoke(cli, ["mesh", "--model", str(files / "tiny.safetensors"), "--resolution", "32", "--level", "0.5",
-                                      "--out", str(out)])
+    result = CliRunner().invoke(cli, ["mesh", "--model", str(files / "tiny.safetensors"), "--resolution", "32",
+                                      "--level", "0.5", "--out", str(out)])
     if importlib.util.find_spec("core.mesh") is None:
         assert result.exit_code == 2 and "Mesh extraction is not available" in result.output
     else:
@@ -234,3 +236,56 @@ def test_a_shorter_demo_removes_the_frames_past_its_end(tmp_path):
     shorter = runner.invoke(cli, ["demo", "--out", str(tmp_path), "--frames", "2"])
     assert shorter.exit_code == 0 and "rendering them again" in shorter.output, shorter.output
     assert sorted(frame_bytes(tmp_path / "frames")) == ["frame_00001.png", "frame_00002.png"]
+
+
+# ------------------------------------------------------------------------------------------------ core/cli layout
+
+SHARED = ("core.cli.options", "core.cli.loaders", "core.cli.group")  # what every command module may import
+
+
+def _imported_modules(path):
+    """The absolute names of the modules a source file imports (relative imports resolved; for `from . import x`,
+    the package and x)."""
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    package = parts[:-1]  # the module's package (for __init__.py, its own)
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            yield from (a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = ".".join(package[:len(package) - node.level + 1]) if node.level else ""
+            module = ".".join(filter(None, [base, node.module]))
+            yield module
+            yield from (f"{module}.{a.name}" for a in node.names)
+
+
+def test_command_modules_import_only_the_shared_modules():
+    offenders = []
+    for path in sorted((ROOT / "core" / "cli").glob("*.py")):
+        if path.stem in ("__init__", "__main__"):
+            continue  # they assemble and run the group
+        for name in _imported_modules(path):
+            shared = name in SHARED or name.startswith(tuple(f"{m}." for m in SHARED))
+            if name.startswith("core.cli") and not shared:
+                offenders.append(f"{path.name} imports {name}")
+    assert not offenders, offenders
+
+
+def test_commands_live_in_core_cli_only():
+    assert [p.relative_to(ROOT).as_posix() for p in (ROOT / "core").rglob("cli.py")] == []
+    offenders = [f"{path.relative_to(ROOT)} imports {name}" for path in (ROOT / "core").rglob("*.py")
+                 if "cli" not in path.relative_to(ROOT / "core").parts[:1]
+                 for name in _imported_modules(path) if name == "core.cli" or name.startswith("core.cli.")]
+    assert not offenders, offenders
+
+
+def test_the_command_line_loads_without_torch():
+    """`next3d --help` stays fast: the group and every command's options load no engine module (the training
+    options come from the torch-free core/training/options.py)."""
+    code = ("import sys\nfrom click.testing import CliRunner\nfrom core.cli import main\n"
+            "assert CliRunner().invoke(main, ['--help']).exit_code == 0\n"
+            "for name in sorted(main.commands):\n"
+            "    assert CliRunner().invoke(main, [name, '--help']).exit_code == 0, name\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -264,7 +264,7 @@ def test_stylize_changes_only_trainable_parameters(tiny_generator, clip_files):
 def test_stylize_command_writes_model_and_preview(tmp_path, tiny_generator, clip_files):
     from core.io.generator_io import load_generator, save_generator
     from core.io.images import read_image
-    from core.stylize.cli import stylize_command
+    from core.cli.stylize import stylize_command
 
     folder, _ = clip_files
     model = tmp_path / "tiny.safetensors"

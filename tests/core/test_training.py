@@ -137,7 +137,8 @@ def test_missing_mesh_names_the_image(broken_copy):
 # ------------------------------------------------------------------------------------------------ discriminator
 
 def _appendix_b(c_dim):
-    """The official DualDiscriminator state dict (spec Appendix B), without the resample_filter buffers."""
+    """The official DualDiscriminator state dict (docs/training.md#discriminator), without the resample_filter
+    buffers."""
     keys = {"b512.fromrgb.weight": (64, 6, 1, 1), "b512.fromrgb.bias": (64,)}
     chans = {512: 64, 256: 128, 128: 256, 64: 512, 32: 512, 16: 512, 8: 512, 4: 512}
     for res in (512, 256, 128, 64, 32, 16, 8):
@@ -288,7 +289,9 @@ def test_frechet_distance_without_a_network_says_so():
 def test_train_command_reports_a_missing_dataset(tmp_path):
     from click.testing import CliRunner
 
-    from core.training.cli import evaluate_command, make_dataset_command, train_command
+    from core.cli.evaluate import evaluate_command
+    from core.cli.make_dataset import make_dataset_command
+    from core.cli.train import train_command
 
     for command in (train_command, make_dataset_command, evaluate_command):
         assert CliRunner().invoke(command, ["--help"]).exit_code == 0

@@ -1,17 +1,15 @@
-"""The `next3d invert` command: a one-shot avatar from a portrait (preprocessing, then pivotal tuning inversion).
-
-core/cli.py registers it on the `next3d` group: main.add_command(invert_command, "invert"). Heavy imports happen
-inside the command so `--help` stays fast; engine errors (Next3DError) become a one-line message (exit code 2).
-"""
+"""`next3d invert`: a one-shot avatar from a portrait (preprocessing, then pivotal tuning inversion)."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Optional
 
 import click
 
-__all__ = ["invert_command"]
+from .loaders import load_flame, load_model, model_key, set_threads
+from .options import device_option, model_option, threads_option
 
 
 def _aligned_target(pixels, resolution: int, source: str):
@@ -36,7 +34,7 @@ def _aligned_target(pixels, resolution: int, source: str):
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Avatar folder: avatar.safetensors, latent.npy, camera.npy, mesh.npy, reconstruction.png, "
                    "target.png, avatar.json.")
-@click.option("--model", type=click.Path(dir_okay=False), help="Official .pkl or .safetensors (default: bundled).")
+@model_option
 @click.option("--flame-model", type=click.Path(dir_okay=False),
               help="FLAME model for the landmark fit (generic_model.pkl or its .npz; default: the built-in head). It "
                    "must be the head the generator was built on.")
@@ -57,12 +55,14 @@ def _aligned_target(pixels, resolution: int, source: str):
 @click.option("--tune-steps", default=500, show_default=True, type=click.IntRange(min=0),
               help="Steps of phase 2 (fine-tune the generator at those ws).")
 @click.option("--seed", default=0, show_default=True, help="Seed of the renderer's depth samples and the ws noise.")
-@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch.")
+@device_option
+@threads_option()
 @click.option("--overwrite", is_flag=True, help="Replace an avatar already in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def invert_command(portrait, out, model, flame_model, landmarks, camera, mesh, vgg16, lpips, latent_steps,
-                   tune_steps, seed, device, threads, overwrite, quiet) -> None:
+def invert_command(portrait: str, out: str, model: Optional[str], flame_model: Optional[str],
+                   landmarks: Optional[str], camera: Optional[str], mesh: Optional[str], vgg16: Optional[str],
+                   lpips: Optional[str], latent_steps: int, tune_steps: int, seed: int, device: str,
+                   threads: Optional[int], overwrite: bool, quiet: bool) -> None:
     """One-shot avatar from a portrait photo by pivotal tuning inversion: detect and fit the face, optimize the
     avatar's ws (phase 1), then fine-tune the generator at those ws (phase 2). The result animates like any avatar.
 
@@ -72,16 +72,15 @@ def invert_command(portrait, out, model, flame_model, landmarks, camera, mesh, v
     Example: next3d invert photo.jpg --out avatars/me --model next3d_ffhq_512.pkl --flame-model generic_model.pkl
              --vgg16 vgg16.pth --lpips vgg.pth
     """
-    from ..cli import _load_flame, _load_model, _model_key, _set_threads
     from ..errors import Next3DError
+    from ..inversion.avatar_files import check_avatar_folder, save_avatar
+    from ..inversion.perceptual import load_perceptual
+    from ..inversion.pti import invert
     from ..io.images import from_uint8, read_image
     from ..io.mesh_files import read_mesh_input
     from ..portrait import preprocess_portrait, read_camera_file, read_landmarks_file
-    from .avatar_files import check_avatar_folder, save_avatar
-    from .perceptual import load_perceptual
-    from .pti import invert
 
-    _set_threads(threads)
+    set_threads(threads)
     if lpips and not vgg16:
         raise click.BadParameter("the LPIPS weights work on a VGG16; add --vgg16 PATH.", param_hint="--lpips")
     if mesh and not camera:
@@ -99,7 +98,7 @@ def invert_command(portrait, out, model, flame_model, landmarks, camera, mesh, v
         except Next3DError as exc:
             raise click.BadParameter(str(exc), param_hint="--lpips" if lpips and Path(lpips).name in str(exc)
                                      else "--vgg16") from None
-    generator, _ = _load_model(model, device)
+    generator, _ = load_model(model, device)
     res = generator.config.image_resolution
 
     portrait_result = None
@@ -109,7 +108,7 @@ def invert_command(portrait, out, model, flame_model, landmarks, camera, mesh, v
         mesh_input = read_mesh_input(mesh, n_vertices=generator.config.n_vertices,
                                      n_landmarks=generator.config.n_landmarks)
     else:
-        flame = _load_flame(flame_model)
+        flame = load_flame(flame_model)
         click.echo("preprocessing the portrait (landmarks, crop, camera, FLAME fit)", err=True)
         portrait_result = preprocess_portrait(pixels, flame, resolution=res,
                                               landmarks=read_landmarks_file(landmarks) if landmarks else None,
@@ -144,7 +143,7 @@ def invert_command(portrait, out, model, flame_model, landmarks, camera, mesh, v
     for warning in result.warnings:
         click.echo(f"warning: {warning}", err=True)
     save_avatar(out_dir, result, portrait=portrait_result, source_image=portrait, overwrite=overwrite,
-                extra_info={"model": _model_key(model)})
+                extra_info={"model": model_key(model)})
     click.echo(f"wrote {out_dir}: PSNR {result.psnr_start:.2f} dB at the start, {result.psnr_latent:.2f} dB after "
                f"{result.latent_steps} latent steps, {result.psnr_tuned:.2f} dB after {result.tune_steps} tuning "
                "steps")

@@ -1,17 +1,15 @@
-"""The `next3d stylize` command: text-driven 3D-aware stylization (StyleGAN-NADA) of a generator.
-
-core/cli.py registers it on the `next3d` group: main.add_command(stylize_command, "stylize"). Heavy imports happen
-inside the command so `--help` stays fast; engine errors (Next3DError) become a one-line message (exit code 2).
-"""
+"""`next3d stylize`: text-driven 3D-aware stylization (StyleGAN-NADA) of a generator."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Optional
 
 import click
 
-__all__ = ["stylize_command"]
+from .loaders import load_model, set_threads
+from .options import device_option, model_option, threads_option
 
 CLIP_HELP = ("Stylization needs CLIP weights to judge the images, and next3d never downloads them. Give a ViT CLIP "
              "state dict with --clip PATH: for example OpenAI's ViT-B/32 (github.com/openai/CLIP; its .pt is a "
@@ -33,17 +31,18 @@ CLIP_HELP = ("Stylization needs CLIP weights to judge the images, and next3d nev
                    "*-quickgelu models), exact for open_clip's LAION/DataComp ViT models.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False),
               help="Output .safetensors of the stylized generator; OUT stem + _preview.png shows before/after.")
-@click.option("--model", type=click.Path(dir_okay=False), help="Official .pkl or .safetensors (default: bundled).")
+@model_option
 @click.option("--steps", default=300, show_default=True, type=click.IntRange(min=1), help="Optimization steps.")
 @click.option("--batch", default=2, show_default=True, type=click.IntRange(min=1), help="Avatars per step.")
 @click.option("--lr", default=0.002, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="Adam learning rate.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the latents, cameras and depth samples.")
-@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch.")
+@device_option
+@threads_option()
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def stylize_command(source, target, clip_path, clip_vocab, clip_gelu, out, model, steps, batch, lr, seed, device,
-                    threads, quiet) -> None:
+def stylize_command(source: str, target: str, clip_path: Optional[str], clip_vocab: Optional[str], clip_gelu: str,
+                    out: str, model: Optional[str], steps: int, batch: int, lr: float, seed: int, device: str,
+                    threads: Optional[int], quiet: bool) -> None:
     """Stylize a generator with a text direction (StyleGAN-NADA's directional CLIP loss): the texture, static and
     mouth generators are tuned; mapping, decoder, neural blending and super-resolution stay frozen, so the result
     animates like the original. Ctrl-C stops the run; nothing is written then.
@@ -54,14 +53,13 @@ def stylize_command(source, target, clip_path, clip_vocab, clip_gelu, out, model
     """
     import torch
 
-    from ..cli import _load_model, _set_threads
     from ..io.generator_io import save_generator
     from ..io.images import ensure_writable_dir, write_png
-    from .clip_model import load_clip
-    from .nada import preview_grid, stylize
-    from .tokenizer import default_vocab_path, load_tokenizer
+    from ..stylize.clip_model import load_clip
+    from ..stylize.nada import preview_grid, stylize
+    from ..stylize.tokenizer import default_vocab_path, load_tokenizer
 
-    _set_threads(threads)
+    set_threads(threads)
     if not clip_path:
         raise click.UsageError(CLIP_HELP)
     out_path = Path(out)
@@ -72,7 +70,7 @@ def stylize_command(source, target, clip_path, clip_vocab, clip_gelu, out, model
     vocab = Path(clip_vocab) if clip_vocab else default_vocab_path(clip_path)
     tokenizer = load_tokenizer(vocab, clip.config.vocab_size, clip.config.context_length,
                                weights_path=None if clip_vocab else clip_path)
-    generator, default_v = _load_model(model, device)
+    generator, default_v = load_model(model, device)
     mesh_input = default_v()
 
     bar = None

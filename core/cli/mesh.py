@@ -1,0 +1,80 @@
+"""`next3d mesh`: the avatar's surface for one expression, as a triangle mesh with vertex colours."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import click
+
+from .loaders import avatar_identity, load_model, mesh_input, set_threads
+from .options import (THREADS_NOTE, Avatar, MeshFiles, avatar_options, device_option, mesh_options, model_option,
+                      threads_option)
+
+
+@click.command("mesh")
+@model_option
+@avatar_options()
+@mesh_options("FLAME mesh (the expression)")
+@click.option("--resolution", default=256, show_default=True, type=click.IntRange(min=16),
+              help="Lattice points per side of the density grid (official: 512).")
+@click.option("--level", type=float, default=None,
+              help="Raw density of the surface [default: the official 10 when the model's density reaches it, "
+                   "else its 0.9 quantile (random weights)].")
+@click.option("--units", type=click.Choice(["flame", "world"]), default="flame", show_default=True,
+              help="Vertex coordinates: the FLAME head frame (lines up with the rig) or EG3D world units.")
+@device_option
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output mesh: .ply, .obj or .glb.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@threads_option(THREADS_NOTE)
+def mesh_command(model: Optional[str], avatar: Avatar, mesh: MeshFiles, resolution: int, level: Optional[float],
+                 units: str, device: str, out: str, quiet: bool, threads: Optional[int]) -> None:
+    """Extract the avatar's surface, for one expression, as a triangle mesh with vertex colours (marching cubes
+    on the density field).
+
+    \b
+    Example: next3d mesh --model next3d_ffhq_512.pkl --mesh demo.obj --seed 4 --resolution 256 --out head.ply
+    """
+    import torch
+
+    from ..errors import InputError
+    from ..io.images import ensure_writable_dir
+
+    try:
+        from ..mesh.export import SUFFIXES, save_mesh
+        from ..mesh.extract import extract_mesh, surface_level
+    except ImportError as exc:
+        raise InputError(f"Mesh extraction is not available in this installation ({exc}); update next3d-blender "
+                         "to a version that has core/mesh.") from None
+    if Path(out).suffix.lower() not in SUFFIXES:
+        raise click.BadParameter(f"the mesh name must end in {', '.join(SUFFIXES)}, e.g. head.ply.",
+                                 param_hint="--out")
+    set_threads(threads)
+    ensure_writable_dir(Path(out).resolve().parent)
+    generator, default_v = load_model(model, device)
+    v = mesh_input(mesh, default_v)
+    _, identity = avatar_identity(generator, avatar, device)
+    bar = None
+    if not quiet:
+        from tqdm import tqdm
+        bar = tqdm(desc="extracting", dynamic_ncols=True, file=sys.stderr,
+                   bar_format="{l_bar}{bar}| [{elapsed}<{remaining}]")
+
+    def progress(done, total):
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        with torch.no_grad():
+            planes = generator.build_planes(identity, v.to(device))
+            if level is None:
+                level = surface_level(generator, planes)
+            result = extract_mesh(generator, planes, resolution=resolution, level=level, units=units,
+                                  progress=progress if bar is not None else None)
+    finally:
+        if bar is not None:
+            bar.close()
+    save_mesh(out, result)
+    click.echo(f"wrote {out} ({len(result.vertices)} vertices, {len(result.faces)} faces, {units} units, level "
+               f"{level:.3g})")

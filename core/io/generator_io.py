@@ -25,7 +25,8 @@ IGNORED_OFFICIAL_KEYS = ("dataset_label_std",)
 
 
 def config_from_official(net: OfficialNetwork) -> Next3DConfig:
-    """Our config from the official `_init_kwargs`, `rendering_kwargs` and pickled attributes (spec §5, §11)."""
+    """Our config from the official `_init_kwargs`, `rendering_kwargs` and pickled attributes
+    (docs/checkpoint_formats.md)."""
     kw = net.init_kwargs
     rk = dict(kw.get("rendering_kwargs") or net.attributes.get("rendering_kwargs") or {})
     sr_module = str(rk.get("superresolution_module", ""))

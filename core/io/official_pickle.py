@@ -2,10 +2,10 @@
 
 The official `next3d_ffhq_512.pkl` is a plain pickle of `dict(G=..., D=..., G_ema=..., ...)` whose networks are
 `torch_utils.persistence` objects: each one pickles as a call of `_reconstruct_persistent_obj(meta)`, and the stock
-loader `exec`s `meta['module_src']` (spec §5.2). Here every global the pickle names goes through an explicit
-whitelist of inert stand-ins: persistent objects and by-reference classes become records, tensors are rebuilt by a
-parser of the legacy `torch.save` storage format (so storages saved on CUDA load on a CPU-only machine), and
-anything else is refused with a CheckpointError before it can run (spec §5.3-5.4).
+loader `exec`s `meta['module_src']` (docs/checkpoint_formats.md). Here every global the pickle names goes through
+an explicit whitelist of inert stand-ins: persistent objects and by-reference classes become records, tensors are
+rebuilt by a parser of the legacy `torch.save` storage format (so storages saved on CUDA load on a CPU-only
+machine), and anything else is refused with a CheckpointError before it can run.
 """
 
 from __future__ import annotations
@@ -52,8 +52,9 @@ _STORAGE_DTYPES: dict[str, tuple[str, torch.dtype]] = {
     "UntypedStorage": ("u1", torch.uint8),
 }
 
-# Non-persistent classes that official generators pickle by reference (spec §5.2). They become inert records;
-# nothing is imported. The EG3D spellings are accepted so that an EG3D pickle can be recognised and named.
+# Non-persistent classes that official generators pickle by reference (docs/checkpoint_formats.md). They become
+# inert records; nothing is imported. The EG3D spellings are accepted so that an EG3D pickle can be recognised
+# and named.
 _BY_REFERENCE_CLASSES = frozenset({
     ("training_avatar_texture.triplane_next3d", "OSGDecoder"),
     ("training_avatar_texture.triplane_v13_neural_blending", "OSGDecoder"),

@@ -1,4 +1,5 @@
-"""The restricted reader of official Next3D network pickles (spec §5), on files written opcode by opcode."""
+"""The restricted reader of official Next3D network pickles (docs/checkpoint_formats.md), on files written
+opcode by opcode."""
 
 from __future__ import annotations
 

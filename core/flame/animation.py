@@ -35,7 +35,9 @@ import torch
 
 from ..errors import InputError
 from ..io.atomic import atomic_write, write_bytes_atomic
+from ..io.bounded_read import BoundedReadError, json_loads, read_npz
 from ..io.mesh_files import read_mesh_input
+from ..io.restricted_pickle import short_repr
 from .params import PARAM_FIELDS, FlameParams
 
 __all__ = ["FlameSequence", "save_sequence", "load_sequence", "read_obj_sequence", "list_obj_sequence",
@@ -48,6 +50,9 @@ SEQUENCE_VERSION = 1
 DEFAULT_FPS = 30.0
 _FIELD_NAMES = tuple(f.name for f in PARAM_FIELDS)
 _CAMERA_SIZE = 25
+_MIN_JSON_NUMBERS = 1 << 20   # a .json animation may ask for as many numbers as it has bytes, or this many
+_MAX_NUMBER = 1e30            # larger JSON numbers would overflow float32 (and ints may have any length)
+MAX_FPS = 1000.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -68,10 +73,11 @@ class FlameSequence:
             raise InputError(f"FlameSequence.frames must be FlameParams, got {type(self.frames).__name__}.")
         try:
             fps = float(self.fps)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise InputError(f"FlameSequence.fps must be a number, got {self.fps!r}.") from None
-        if not math.isfinite(fps) or fps <= 0:
-            raise InputError(f"FlameSequence.fps is {fps}; give a positive frame rate (e.g. 30).")
+        if not math.isfinite(fps) or fps <= 0 or fps > MAX_FPS:
+            raise InputError(f"FlameSequence.fps is {fps:g}; give a positive frame rate of at most {MAX_FPS:g} "
+                             "(e.g. 30).")
         object.__setattr__(self, "fps", fps)
         if self.cameras is not None:
             cams = torch.as_tensor(self.cameras, dtype=torch.float32)
@@ -151,27 +157,37 @@ def save_sequence(path: PathLike, seq: FlameSequence) -> Path:
 # Reading
 
 def _frames(values: dict, path: Path) -> FlameParams:
-    """Build the batched FlameParams; on a validation error, name the first bad frame."""
+    """Build the batched FlameParams; on a validation error, name the first bad frame (found by bisection, so a
+    long animation costs a few batched checks, not one per frame)."""
+    def fails(n: int) -> bool:
+        try:
+            FlameParams(**{k: v[:n] for k, v in values.items()})
+        except InputError:
+            return True
+        return False
+
     try:
         return FlameParams(**values)
     except InputError as batch_error:
-        n = max((len(v) for v in values.values()), default=0)
-        for t in range(n):
-            try:
-                FlameParams(**{k: v[t:t + 1] for k, v in values.items()})
-            except InputError as exc:
-                raise InputError(f"{path}, frame {t}: {exc}") from None
+        lo, hi = 0, max((len(v) for v in values.values()), default=0)   # frames [:lo] pass, [:hi] fail
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if fails(mid) else (mid, hi)
+        t = hi - 1
+        try:
+            FlameParams(**{k: v[t:t + 1] for k, v in values.items()})
+        except InputError as exc:
+            raise InputError(f"{path}, frame {t}: {exc}") from None
         raise InputError(f"{path}: {batch_error}") from None
 
 
 def _load_npz(path: Path) -> FlameSequence:
     try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {key: z[key] for key in z.files}
-    except ValueError as exc:
-        raise InputError(f"{path} is not an animation .npz written by this project ({exc}).") from None
-    except (OSError, EOFError) as exc:
-        raise InputError(f"{path} is not a readable .npz file ({exc}).") from None
+        arrays = read_npz(path)
+    except BoundedReadError as exc:
+        raise InputError(f"{path} is not an animation .npz written by this project: {exc}.") from None
+    except OSError as exc:
+        raise InputError(f"{path} is not a readable .npz file ({exc.strerror or exc}).") from None
     fmt = str(arrays.get("format", SEQUENCE_FORMAT))
     if fmt != SEQUENCE_FORMAT:
         raise InputError(f"{path} holds {fmt!r}, not a FLAME animation ({SEQUENCE_FORMAT}).")
@@ -184,7 +200,9 @@ def _load_npz(path: Path) -> FlameSequence:
         raise InputError(f"{path}: the parameter arrays must all be [frames, n] with the same number of frames; got "
                          f"{shapes}.")
     frames = _frames({k: arrays[k] for k in present}, path)
-    fps = float(arrays["fps"]) if "fps" in arrays else DEFAULT_FPS
+    if "fps" in arrays and arrays["fps"].size != 1:
+        raise InputError(f"{path}: 'fps' is an array of shape {list(arrays['fps'].shape)}; it must be one number.")
+    fps = float(arrays["fps"].reshape(())) if "fps" in arrays else DEFAULT_FPS
     try:
         return FlameSequence(frames, fps, arrays.get("cameras"))
     except InputError as exc:
@@ -194,32 +212,44 @@ def _load_npz(path: Path) -> FlameSequence:
 def _number_list(value: Any, where: str) -> list:
     if not isinstance(value, list) or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
                                               for x in value):
-        raise InputError(f"{where} must be a list of numbers, got {json.dumps(value)[:60]}.")
+        raise InputError(f"{where} must be a list of numbers, got {short_repr(value, 60)}.")
+    if any(_MAX_NUMBER < abs(x) < math.inf for x in value):   # NaN and infinity are named by FlameParams
+        raise InputError(f"{where} holds a number beyond +-1e30; FLAME parameters are small numbers.")
     return value
 
 
 def _load_json(path: Path) -> FlameSequence:
     try:
-        with open(path, "r", encoding="utf-8") as fh:
-            doc = json.load(fh)
+        text = path.read_text(encoding="utf-8")
+        doc = json_loads(text, max_depth=None)   # the fields are checked one by one below
     except json.JSONDecodeError as exc:
         raise InputError(f"{path} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}.") from None
+    except BoundedReadError as exc:
+        raise InputError(f"{path} is not an animation: {exc}.") from None
     except UnicodeDecodeError:
         raise InputError(f"{path} is not a UTF-8 text file; write the animation as JSON text.") from None
+    except ValueError as exc:   # e.g. an integer with more digits than Python converts
+        raise InputError(f"{path} is not valid JSON ({' '.join(str(exc).split())[:120]}).") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("frames"), list):
         raise InputError(f'{path} must hold a JSON object with a "frames" list (see core/flame/animation.py).')
     fmt = doc.get("format", SEQUENCE_FORMAT)
     if fmt != SEQUENCE_FORMAT:
-        raise InputError(f"{path} says format {fmt!r}, not {SEQUENCE_FORMAT!r}.")
+        raise InputError(f"{path} says format {short_repr(fmt)}, not {SEQUENCE_FORMAT!r}.")
     unknown = sorted(set(doc) - {"format", "version", "fps", "shape", "frames"})
     if unknown:
-        raise InputError(f"{path} has unknown top-level key(s) {', '.join(map(repr, unknown))}; the keys are "
+        raise InputError(f"{path} has unknown top-level key(s) {short_repr(unknown, 120)[1:-1]}; the keys are "
                          "format, version, fps, shape and frames.")
     frames = doc["frames"]
     if not frames:
         raise InputError(f'{path} has an empty "frames" list; give at least one frame.')
     shared_shape = _number_list(doc["shape"], f'{path}: "shape"') if "shape" in doc else []
     sizes = {f.name: f.size for f in PARAM_FIELDS}
+    # Missing fields become zeros and shorter rows are padded: check what that asks for before building it.
+    budget = max(len(text), _MIN_JSON_NUMBERS)
+    fixed = sum(size for size in sizes.values() if size is not None)
+    if len(frames) * (fixed + len(shared_shape)) > budget:
+        raise InputError(f'{path}: {len(frames):,} frames of {fixed + len(shared_shape)} numbers each are more than '
+                         f"a file of {len(text):,} characters may ask for; split the animation.")
     columns: dict[str, list] = {name: [] for name in _FIELD_NAMES}
     cameras: list = []
     for t, frame in enumerate(frames):
@@ -228,7 +258,7 @@ def _load_json(path: Path) -> FlameSequence:
             raise InputError(f"{where} is a {type(frame).__name__}; each frame must be a JSON object.")
         unknown = sorted(set(frame) - set(_FIELD_NAMES) - {"camera"})
         if unknown:
-            raise InputError(f"{where} has unknown key(s) {', '.join(map(repr, unknown))}; the keys are "
+            raise InputError(f"{where} has unknown key(s) {short_repr(unknown, 120)[1:-1]}; the keys are "
                              f"{', '.join(_FIELD_NAMES)} and camera.")
         for name in _FIELD_NAMES:
             default = shared_shape if name == "shape" else [0.0] * (sizes[name] or 0)
@@ -246,15 +276,21 @@ def _load_json(path: Path) -> FlameSequence:
             if len(cam) != _CAMERA_SIZE:
                 raise InputError(f'{where}: "camera" has {len(cam)} numbers; a camera label has {_CAMERA_SIZE}.')
             cameras.append(cam)
+    widths = {name: max(len(r) for r in rows) for name, rows in columns.items()}
+    if len(frames) * (sum(widths.values()) + (_CAMERA_SIZE if cameras else 0)) > budget:
+        longest = ", ".join(f"{name} {width}" for name, width in widths.items() if width)
+        raise InputError(f"{path}: padding every frame to its longest rows ({longest} numbers) asks for more numbers "
+                         f"than a file of {len(text):,} characters may; give every frame rows of the same length.")
     values = {}
     for name, rows in columns.items():
-        width = max(len(r) for r in rows)
-        values[name] = np.array([r + [0.0] * (width - len(r)) for r in rows], dtype=np.float32).reshape(len(rows),
-                                                                                                       width)
+        width = widths[name]
+        values[name] = np.zeros((len(rows), width), dtype=np.float32)
+        for t, row in enumerate(rows):
+            values[name][t, :len(row)] = row
     params = _frames(values, path)
     fps = doc.get("fps", DEFAULT_FPS)
     if isinstance(fps, bool) or not isinstance(fps, (int, float)):
-        raise InputError(f'{path}: "fps" must be a number, got {json.dumps(fps)}.')
+        raise InputError(f'{path}: "fps" must be a number, got {short_repr(fps, 60)}.')
     try:
         return FlameSequence(params, fps, np.asarray(cameras, dtype=np.float32) if cameras else None)
     except InputError as exc:

@@ -22,7 +22,6 @@ import hashlib
 import io
 import logging
 import os
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -30,7 +29,9 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from ..errors import CheckpointError, InputError
-from ..io.restricted_pickle import InertObject, NumpyArray, NumpyStandIns, ObjectArray, PickleRules, inert_class
+from ..io.bounded_read import BoundedReadError, read_npy, read_npy_header
+from ..io.restricted_pickle import (BoundedUnpickler, InertObject, NumpyArray, NumpyStandIns, ObjectArray,
+                                    PickleRules, cheap_to_hash, inert_class, one_line, short_repr)
 from .model_data import (FLAME_PARENTS, N_CONTOUR_LANDMARKS, N_DYNAMIC_YAWS, N_JOINTS, N_LANDMARKS, FlameModelData,
                          load_model_data, save_model_data)
 
@@ -44,6 +45,7 @@ PathLike = Union[str, os.PathLike]
 
 CONVERTER_VERSION = 1   # part of the cache key: bump when the converted layout or its contents change
 _MAX_DEPTH = 64         # chumpy expressions and containers nest a few levels; deeper means a hostile file
+_MIN_DENSE_BYTES = 1 << 20   # a sparse matrix may unpack to the file's size in float64, or to this much
 _REFUSED = ("The file is not an official FLAME model or landmark file, or may be malicious; nothing from it "
             "was run. Use the official FLAME files (generic_model.pkl / flame2023.pkl, flame_static_embedding.pkl, "
             "flame_dynamic_embedding.npy) or DECA's landmark_embedding.npy.")
@@ -80,7 +82,7 @@ class _Sparse(_Inert):
 def _set(items: Any = ()) -> set:
     if not isinstance(items, (list, tuple)):
         raise _RULES.error("The pickle builds a set from unexpected arguments")
-    return set(x for x in items if isinstance(x, (str, int, float, bytes, tuple)))
+    return set(x for x in items if isinstance(x, (str, int, float, bytes, tuple)) and cheap_to_hash(x))
 
 
 _SAFE_GLOBALS: dict[tuple[str, str], Any] = NumpyStandIns(_RULES, _Inert).globals(frombuffer=True)
@@ -92,12 +94,12 @@ _SPARSE_MODULES = frozenset({"scipy.sparse.csc", "scipy.sparse._csc", "scipy.spa
 _SPARSE_CLASSES = frozenset({"csc_matrix", "csr_matrix", "csc_array", "csr_array"})
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Unpickler whose globals are the inert stand-ins above; everything else raises CheckpointError."""
+class _RestrictedUnpickler(BoundedUnpickler):
+    """Unpickler whose globals are the inert stand-ins above; everything else raises CheckpointError, and
+    BoundedUnpickler keeps its work and result proportional to the file."""
 
     def __init__(self, fh: Any, source: str) -> None:
-        super().__init__(fh, encoding="latin1")
-        self.source = source
+        super().__init__(fh, _RULES, source, max_depth=_MAX_DEPTH, encoding="latin1")
 
     def find_class(self, module: str, name: str) -> Any:
         key = (module, name)
@@ -137,9 +139,15 @@ def _plain(obj: Any, depth: int = 0) -> Any:
     return obj
 
 
-def _as_array(obj: Any, key: str, source: str, depth: int = 0) -> np.ndarray:
+def _dense_limit(path: Path) -> int:
+    """How many bytes a sparse matrix of the file at `path` may unpack to (float64): the file's size, 1 MiB at
+    least. FLAME's joint regressor (5 x 5023) is a small part of its model file."""
+    return max(path.stat().st_size, _MIN_DENSE_BYTES)
+
+
+def _as_array(obj: Any, key: str, source: str, depth: int = 0, limit: int = _MIN_DENSE_BYTES) -> np.ndarray:
     """The numeric array a FLAME pickle stores under `key`: a numpy array, a chumpy object's stored value (possibly
-    nested, or a `Select` of one), or a sparse matrix made dense."""
+    nested, or a `Select` of one), or a sparse matrix made dense (at most `limit` bytes)."""
     if depth > _MAX_DEPTH:
         raise _RULES.error(f"{source}: '{key}' nests chumpy objects too deeply")
     if isinstance(obj, np.ndarray):
@@ -149,14 +157,14 @@ def _as_array(obj: Any, key: str, source: str, depth: int = 0) -> np.ndarray:
     if isinstance(obj, (int, float)) and not isinstance(obj, bool):
         return np.asarray(obj)
     if isinstance(obj, _Sparse):
-        return _sparse_to_dense(obj, key, source)
+        return _sparse_to_dense(obj, key, source, limit)
     if isinstance(obj, _Chumpy):
         st = obj.state
         if "x" in st:
-            return _as_array(st["x"], key, source, depth + 1)
+            return _as_array(st["x"], key, source, depth + 1, limit)
         if obj.pickle_name == "Select" and "a" in st and "idxs" in st:
-            base = _as_array(st["a"], key, source, depth + 1).ravel()
-            idxs = np.asarray(_as_array(st["idxs"], key, source, depth + 1)).astype(np.int64).ravel()
+            base = _as_array(st["a"], key, source, depth + 1, limit).ravel()
+            idxs = np.asarray(_as_array(st["idxs"], key, source, depth + 1, limit)).astype(np.int64).ravel()
             if idxs.size and (idxs.min() < -base.size or idxs.max() >= base.size):
                 raise CheckpointError(f"{source}: the chumpy selection '{key}' indexes outside its array.")
             out = base[idxs]
@@ -174,14 +182,17 @@ def _as_array(obj: Any, key: str, source: str, depth: int = 0) -> np.ndarray:
                           "model in the official layout.")
 
 
-def _sparse_to_dense(obj: _Sparse, key: str, source: str) -> np.ndarray:
+def _sparse_to_dense(obj: _Sparse, key: str, source: str, limit: int) -> np.ndarray:
     st = obj.state
     shape = st.get("_shape", st.get("shape"))
     try:
+        rows, cols = (int(s) for s in shape)
+        if rows < 0 or cols < 0 or rows * cols * 8 > limit:
+            raise CheckpointError(f"{source}: the sparse matrix '{key}' claims the shape {rows}x{cols}, which would "
+                                  f"unpack to more than a file of this size may ({limit:,} bytes). " + _REFUSED)
         data = np.asarray(_as_array(st["data"], key, source), dtype=np.float64)
         indices = np.asarray(_as_array(st["indices"], key, source)).astype(np.int64)
         indptr = np.asarray(_as_array(st["indptr"], key, source)).astype(np.int64)
-        rows, cols = (int(s) for s in shape)
     except (KeyError, TypeError, ValueError):
         raise CheckpointError(f"{source}: the sparse matrix '{key}' lacks data, indices, indptr or its shape; "
                               "the file is corrupted.") from None
@@ -216,8 +227,8 @@ def _unpickle_bytes(data: bytes, source: str) -> Any:
     except RecursionError:
         raise _RULES.error(f"{source} nests too deeply") from None
     except Exception as exc:  # noqa: BLE001 - any parse failure of a corrupted or foreign file
-        raise CheckpointError(f"{source} is not a readable pickle ({type(exc).__name__}: {exc}); it is corrupted "
-                              "or not a FLAME file. Download it again.") from None
+        raise CheckpointError(f"{source} is not a readable pickle ({type(exc).__name__}: {one_line(exc)}); it is "
+                              "corrupted or not a FLAME file. Download it again.") from None
 
 
 def read_pickled_file(path: PathLike) -> Any:
@@ -236,16 +247,12 @@ def read_pickled_file(path: PathLike) -> Any:
 
 def _read_npy(fh: Any, source: str) -> Any:
     try:
-        version = np.lib.format.read_magic(fh)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
-        else:
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
-    except ValueError as exc:
-        raise CheckpointError(f"{source} has a malformed .npy header ({exc}); download it again.") from None
-    if not dtype.hasobject:
-        fh.seek(0)
-        return np.load(fh, allow_pickle=False)
+        shape, fortran, dtype = read_npy_header(fh)
+        if not dtype.hasobject:
+            fh.seek(0)
+            return read_npy(fh)
+    except BoundedReadError as exc:
+        raise CheckpointError(f"{source} cannot be read: {exc}. Download it again.") from None
     return _unpickle_bytes(fh.read(), source)
 
 
@@ -273,7 +280,8 @@ def read_flame_pickle(path: PathLike) -> dict:
     if missing:
         raise CheckpointError(f"{source} is not a FLAME model: it lacks {', '.join(missing)}. Give the model file "
                               "(generic_model.pkl or flame2023.pkl).")
-    out: dict = {key: _as_array(raw[key], key, source) for key in required}
+    limit = _dense_limit(path)
+    out: dict = {key: _as_array(raw[key], key, source, limit=limit) for key in required}
     for key in ("bs_style", "bs_type"):
         if isinstance(raw.get(key), (str, bytes)):
             out[key] = raw[key].decode("latin1") if isinstance(raw[key], bytes) else raw[key]
@@ -387,15 +395,26 @@ def read_obj_uvs(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
     path = _check_file(path, "UV template OBJ", "It is head_template.obj from DECA's data folder.")
     uvs, uv_faces = [], []
     with open(path, "r", encoding="utf-8", errors="replace") as fh:
-        for line in fh:
+        for number, line in enumerate(fh, 1):
             if line.startswith("vt "):
-                uvs.append([float(x) for x in line.split()[1:3]])
+                try:
+                    uv = [float(x) for x in line.split()[1:3]]
+                except ValueError:
+                    uv = []
+                if len(uv) != 2:
+                    raise InputError(f"{path}, line {number}: a 'vt' line needs two numbers, got "
+                                     f"{short_repr(line.strip(), 60)}.")
+                uvs.append(uv)
             elif line.startswith("f "):
                 corners = line.split()[1:]
-                if len(corners) != 3 or any(c.count("/") < 1 or not c.split("/")[1] for c in corners):
-                    raise InputError(f"{path} has a face that is not a triangle with texture coordinates "
-                                     f"({line.strip()!r}); give a FLAME-topology OBJ with UVs.")
-                uv_faces.append([int(c.split("/")[1]) - 1 for c in corners])
+                try:
+                    if len(corners) != 3 or any(c.count("/") < 1 for c in corners):
+                        raise ValueError
+                    uv_faces.append([int(c.split("/")[1]) - 1 for c in corners])
+                except ValueError:
+                    raise InputError(f"{path}, line {number}: a face that is not a triangle with texture "
+                                     f"coordinates ({short_repr(line.strip(), 60)}); give a FLAME-topology OBJ with "
+                                     "UVs.") from None
     if not uvs or not uv_faces:
         raise InputError(f"{path} has no texture coordinates ('vt' lines and 'f v/vt' faces).")
     return np.asarray(uvs, dtype=np.float32), np.asarray(uv_faces, dtype=np.int64)

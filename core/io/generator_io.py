@@ -5,17 +5,20 @@ This is the one place that maps the official constructor arguments and pickled a
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
-from typing import Dict, Optional, Tuple, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
 from ..errors import CheckpointError
 from ..networks.next3d import Next3DConfig, Next3DGenerator
 from ..rendering.volume import RenderingOptions
 from .official_pickle import OfficialNetwork, load_official_pickle
+from .restricted_pickle import one_line, short_repr
 from .safetensors_format import checkpoint_kind, load_checkpoint, save_checkpoint
 
 PathLike = Union[str, os.PathLike]
@@ -23,8 +26,126 @@ GENERATOR_KIND = "next3d-generator"
 # Buffers the official training loop adds to the released generator; they do not affect synthesis.
 IGNORED_OFFICIAL_KEYS = ("dataset_label_std",)
 
+# Sane ranges of the config fields that size the network and its renders. The official FFHQ-512 generator has
+# z_dim 512, c_dim 25, channel_base 32768, channel_max 512, 2 mapping layers, 256 px texture and planes, 64 px neural
+# rendering (128 in Next3D++), 512 px images, 5023 vertices + 68 landmarks, 9976 faces, 5118 UVs, a 64 px mouth,
+# 32 px blending and 48 + 48 depth samples; this project's small configs are narrower and smaller. A config
+# outside these ranges is refused before anything is built.
+_INT_RANGES = {
+    "z_dim": (1, 2048), "c_dim": (0, 1024), "channel_base": (1, 1 << 20), "channel_max": (1, 2048),
+    "mapping_layers": (1, 16), "texture_resolution": (8, 1024), "plane_resolution": (8, 1024),
+    "neural_rendering_resolution": (8, 512), "image_resolution": (32, 2048), "n_vertices": (1, 1 << 20),
+    "n_landmarks": (0, 1024), "n_faces": (1, 1 << 21), "n_uvcoords": (1, 1 << 21), "mouth_input_size": (8, 1024),
+    "blend_final_size": (4, 512),
+}
+_RENDERING_INT_RANGES = {"depth_resolution": (1, 512), "depth_resolution_importance": (0, 512)}
+_POSITIVE_FLOATS = ("orth_scale", "avg_camera_radius")
+_FINITE_FLOATS = ("c_scale", "decoder_lr_mul", "orth_shift", "avg_camera_pivot")
+_BUILD_SLACK = 1 << 20   # numbers a network may allocate beyond its weights while it is built (filters, indices)
+
+
+def _bad_config(source: str, problem: str) -> CheckpointError:
+    return CheckpointError(f"{source} has an invalid generator config: {problem}. It is damaged or not a checkpoint "
+                           "of this network; convert the official pickle again.")
+
+
+def check_config(cfg: Next3DConfig, source: str) -> None:
+    """Refuse a config whose sizes are outside the sane ranges, or whose numbers are NaN, infinite or of the wrong
+    kind, before any module is built. `source` names the file in the CheckpointError."""
+    def check_int(name: str, value: Any, lo: int, hi: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise _bad_config(source, f"{name} = {short_repr(value, 40)} is outside {lo}..{hi}")
+
+    for name, (lo, hi) in _INT_RANGES.items():
+        check_int(name, getattr(cfg, name), lo, hi)
+    r = cfg.rendering
+    if not isinstance(r, RenderingOptions):
+        raise _bad_config(source, "rendering is not a set of rendering options")
+    for name, (lo, hi) in _RENDERING_INT_RANGES.items():
+        check_int(f"rendering.{name}", getattr(r, name), lo, hi)
+    floats = {name: getattr(cfg, name) for name in _POSITIVE_FLOATS + _FINITE_FLOATS}
+    floats.update({f"rendering.{n}": getattr(r, n) for n in ("ray_start", "ray_end", "box_warp")})
+    for name, value in floats.items():
+        values = value if isinstance(value, tuple) else (value,)
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and abs(v) < 1e6
+                   for v in values):
+            raise _bad_config(source, f"{name} = {short_repr(value, 40)} is not a finite number")
+    if not (cfg.orth_scale > 0 and cfg.avg_camera_radius > 0 and r.box_warp > 0 and 0 < r.ray_start < r.ray_end):
+        raise _bad_config(source, "orth_scale, avg_camera_radius, rendering.box_warp and 0 < ray_start < ray_end "
+                          "must be positive")
+
+
+class _AllocationBudget(TorchFunctionMode):
+    """While a network is built: counts the numbers that torch's factory functions (zeros, randn, empty, ...) are
+    asked for, and refuses the call that would pass `limit` before it allocates anything."""
+
+    _FACTORIES = frozenset({torch.randn, torch.rand, torch.zeros, torch.ones, torch.empty, torch.full, torch.randint,
+                            torch.Tensor.new_zeros, torch.Tensor.new_ones, torch.Tensor.new_empty,
+                            torch.Tensor.new_full})
+
+    def __init__(self, limit: int, refuse: Any) -> None:
+        super().__init__()
+        self.limit = limit
+        self.total = 0
+        self.refuse = refuse
+
+    @staticmethod
+    def requested(func: Any, args: tuple, kwargs: dict) -> int:
+        numbers = [a for a in args if isinstance(a, (int, float)) and not isinstance(a, bool)]
+        if func is torch.arange:   # arange(end), arange(start, end), arange(start, end, step)
+            start, end, step = (([0] if len(numbers) == 1 else []) + numbers + [1, 1])[:3] if numbers else (0, 0, 1)
+            return max(math.ceil((end - start) / step), 0) if step else 0
+        if func is torch.eye:      # eye(n) or eye(n, m)
+            return int(numbers[0]) * int(numbers[-1]) if numbers else 0
+        if func not in _AllocationBudget._FACTORIES:
+            return 0
+        dims = kwargs.get("size")
+        if dims is None:
+            dims = next((a for a in args if isinstance(a, (tuple, list, torch.Size))), None)
+        if dims is None:   # zeros(2, 3): the sizes are the leading ints (randint(low, high) always has a size)
+            dims = [] if func is torch.randint else [a for a in args if isinstance(a, int) and not isinstance(a, bool)]
+        return math.prod(int(d) for d in dims)
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: Optional[dict] = None) -> Any:
+        kwargs = kwargs or {}
+        self.total += self.requested(func, args, kwargs)
+        if self.total > self.limit:
+            raise self.refuse(self.total, self.limit)
+        return func(*args, **kwargs)
+
+
+def _build(cfg: Next3DConfig, state_dict: Dict[str, torch.Tensor], source: str) -> Next3DGenerator:
+    """Next3DGenerator(cfg) after `check_config`, allocating at most what the checkpoint's own weights hold (plus
+    the buffers that are not stored, and a little slack): a config claiming a larger network than its weights is
+    refused before the memory is taken."""
+    check_config(cfg, source)
+    present = sum(t.numel() for t in state_dict.values())
+    limit = present + 2 * cfg.texture_resolution ** 2 + _BUILD_SLACK
+
+    def refuse(total: int, limit: int) -> CheckpointError:
+        return CheckpointError(
+            f"{source} claims a generator (channel_base {cfg.channel_base}, channel_max {cfg.channel_max}, "
+            f"mapping_layers {cfg.mapping_layers}, {cfg.plane_resolution} px planes, {cfg.image_resolution} px "
+            f"images) that needs more than {limit:,} numbers, but it holds {present:,}. It is damaged or not a "
+            "checkpoint of this configuration; convert the official pickle again.")
+
+    with _AllocationBudget(limit, refuse):
+        return Next3DGenerator(cfg)
+
 
 def config_from_official(net: OfficialNetwork) -> Next3DConfig:
+    """Our config from the official `_init_kwargs`, `rendering_kwargs` and pickled attributes; a value of the wrong
+    kind is a CheckpointError naming it."""
+    try:
+        return _official_config(net)
+    except CheckpointError:
+        raise
+    except (TypeError, ValueError, IndexError, KeyError, OverflowError, RuntimeError, AttributeError) as exc:
+        raise CheckpointError(f"The official pickle's constructor arguments or rendering settings hold a value of the "
+                              f"wrong kind ({one_line(exc)}); it is damaged or not a Next3D generator.") from None
+
+
+def _official_config(net: OfficialNetwork) -> Next3DConfig:
     """Our config from the official `_init_kwargs`, `rendering_kwargs` and pickled attributes
     (docs/checkpoint_formats.md)."""
     kw = net.init_kwargs
@@ -96,22 +217,34 @@ def _load_weights(generator: Next3DGenerator, state_dict: Dict[str, torch.Tensor
 
 
 def _set_extras(generator: Next3DGenerator, uv_face_mask: Optional[torch.Tensor],
-                plane_axes: Optional[torch.Tensor]) -> None:
+                plane_axes: Optional[torch.Tensor], source: str = "The checkpoint") -> None:
+    try:
+        mask = None if uv_face_mask is None else torch.as_tensor(uv_face_mask, dtype=torch.float32)
+        axes = None if plane_axes is None else torch.as_tensor(plane_axes, dtype=torch.float32)
+    except (TypeError, ValueError, RuntimeError):
+        raise CheckpointError(f"{source} holds a uv_face_mask or plane_axes that is not an array of numbers.") \
+            from None
+    if mask is not None and (mask.ndim < 2 or mask.numel() == 0 or mask.numel() != mask.shape[-1] * mask.shape[-2]):
+        raise CheckpointError(f"{source} holds a uv_face_mask of shape {list(mask.shape)}; it must be one [H, W] "
+                              "image.")
+    if axes is not None and (axes.numel() != 27 or not bool(torch.isfinite(axes).all())):
+        raise CheckpointError(f"{source} holds plane_axes of shape {list(axes.shape)}; they must be 3 finite 3x3 "
+                              "matrices.")
     with torch.no_grad():
-        if uv_face_mask is not None:
-            mask = torch.as_tensor(uv_face_mask, dtype=torch.float32).reshape(1, 1, *uv_face_mask.shape[-2:])
+        if mask is not None:
+            mask = mask.reshape(1, 1, *mask.shape[-2:])
             generator.uv_face_mask.copy_(F.interpolate(mask, size=generator.uv_face_mask.shape[-2:], mode="nearest"))
-        if plane_axes is not None:
-            generator.plane_axes.copy_(torch.as_tensor(plane_axes, dtype=torch.float32).reshape(3, 3, 3))
+        if axes is not None:
+            generator.plane_axes.copy_(axes.reshape(3, 3, 3))
 
 
 def generator_from_official(net: OfficialNetwork) -> Next3DGenerator:
     if net.class_name != "TriPlaneGenerator" or not any(k.startswith("texture_backbone.") for k in net.state_dict):
         raise CheckpointError(f"The network in this pickle is a {net.class_name} without a neural-texture backbone: "
                               "it is not a Next3D generator (an EG3D pickle?). Use next3d_ffhq_512.pkl.")
-    generator = Next3DGenerator(config_from_official(net))
+    generator = _build(config_from_official(net), net.state_dict, "The official pickle")
     _load_weights(generator, net.state_dict, "The official pickle")
-    _set_extras(generator, net.attributes.get("uv_face_mask"), net.attributes.get("plane_axes"))
+    _set_extras(generator, net.attributes.get("uv_face_mask"), net.attributes.get("plane_axes"), "The official pickle")
     return generator.eval().requires_grad_(False)
 
 
@@ -128,11 +261,11 @@ def load_generator(path: PathLike, device: Union[str, torch.device] = "cpu") -> 
         config, state_dict, extra = load_checkpoint(path, kind=GENERATOR_KIND)
         try:
             cfg = Next3DConfig.from_dict(config)
-        except (TypeError, ValueError) as exc:
-            raise CheckpointError(f"{path} has an invalid generator config: {exc}") from None
-        generator = Next3DGenerator(cfg)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise CheckpointError(f"{path} has an invalid generator config: {one_line(exc)}") from None
+        generator = _build(cfg, state_dict, str(path))
         _load_weights(generator, state_dict, str(path))
-        _set_extras(generator, extra.get("uv_face_mask"), extra.get("plane_axes"))
+        _set_extras(generator, extra.get("uv_face_mask"), extra.get("plane_axes"), str(path))
         generator = generator.eval().requires_grad_(False)
     else:
         raise CheckpointError(f"{path} is neither an official Next3D pickle nor a next3d .safetensors checkpoint.")

@@ -11,26 +11,37 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from .bounded_read import BoundedReadError, read_npy, read_text_array, text_numbers
 
 PathLike = Union[str, os.PathLike]
 
 
 def read_obj_vertices(path: PathLike) -> np.ndarray:
-    """The `v x y z` lines of an OBJ file, [V, 3] float32."""
+    """The `v x y z` lines of an OBJ file, [V, 3] float32 (a malformed line is an InputError naming it)."""
     verts = []
     with open(path, "r", encoding="utf-8", errors="replace") as fh:
-        for line in fh:
+        for number, line in enumerate(fh, 1):
             if line.startswith("v "):
-                verts.append([float(x) for x in line.split()[1:4]])
+                try:
+                    verts.append(text_numbers(line, number, skip=1, count=3))
+                except BoundedReadError as exc:
+                    raise InputError(f"{path}, {exc}.") from None
     if not verts:
         raise InputError(f"{path} has no vertices ('v x y z' lines); is it an OBJ file?")
     return np.asarray(verts, dtype=np.float32)
 
 
 def _read_array(path: Path) -> np.ndarray:
-    if path.suffix == ".npy":
-        return np.load(path, allow_pickle=False).astype(np.float32)
-    return np.loadtxt(path, dtype=np.float32, ndmin=2)
+    try:
+        if path.suffix != ".npy":
+            return read_text_array(path)
+        with open(path, "rb") as fh:
+            data = read_npy(fh)
+    except BoundedReadError as exc:
+        raise InputError(f"{path}: {exc}.") from None
+    if data.ndim != 2 or data.dtype.kind not in "biuf":
+        raise InputError(f"{path} holds an array of {data.dtype} {list(data.shape)}; give rows of x y z numbers.")
+    return data.astype(np.float32)
 
 
 def read_mesh_input(mesh: PathLike, landmarks: Optional[PathLike] = None, n_vertices: int = 5023,
@@ -47,7 +58,12 @@ def read_mesh_input(mesh: PathLike, landmarks: Optional[PathLike] = None, n_vert
                 raise InputError(f"{mesh.name} holds only vertices; give its 68 3-D landmarks with --landmarks "
                                  f"(the official demo data names them {guess.name}).")
             landmarks = guess
-        lms = _read_array(Path(landmarks))[:, :3]
+        if not Path(landmarks).is_file():
+            raise InputError(f"Landmark file {str(landmarks)!r} does not exist.")
+        lms = _read_array(Path(landmarks))
+        if lms.shape[1] < 3:
+            raise InputError(f"{landmarks} has {lms.shape[1]} numbers per line; a landmark is x y z.")
+        lms = lms[:, :3]
         if verts.shape[0] != n_vertices:
             raise InputError(f"{mesh.name} has {verts.shape[0]} vertices; the generator needs a FLAME mesh with "
                              f"{n_vertices}.")

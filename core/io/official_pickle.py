@@ -2,10 +2,11 @@
 
 The official `next3d_ffhq_512.pkl` is a plain pickle of `dict(G=..., D=..., G_ema=..., ...)` whose networks are
 `torch_utils.persistence` objects: each one pickles as a call of `_reconstruct_persistent_obj(meta)`, and the stock
-loader `exec`s `meta['module_src']` (docs/checkpoint_formats.md). Here every global the pickle names goes through
-an explicit whitelist of inert stand-ins: persistent objects and by-reference classes become records, tensors are
-rebuilt by a parser of the legacy `torch.save` storage format (so storages saved on CUDA load on a CPU-only
-machine), and anything else is refused with a CheckpointError before it can run.
+loader `exec`s `meta['module_src']` (docs/checkpoint_formats.md#persistent-objects). Here every global the pickle
+names goes through an explicit whitelist of inert stand-ins: persistent objects and by-reference classes become
+records, tensors are rebuilt by a parser of the legacy `torch.save` storage format (so storages saved on CUDA load on
+a CPU-only machine), and anything else is refused with a CheckpointError before it can run
+(docs/checkpoint_formats.md#tensors-and-storages).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import io
 import logging
 import os
-import pickle
 import struct
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError
-from .restricted_pickle import InertObject, NumpyArray, NumpyStandIns, PickleRules, inert_class
+from .restricted_pickle import (BoundedUnpickler, InertObject, NumpyArray, NumpyDType, NumpyStandIns, PickleRules,
+                                cheap_to_hash, inert_class, one_line, short_repr)
 from .safetensors_format import describe_file_format
 
 __all__ = ["OfficialNetwork", "load_official_pickle", "describe_official_pickle"]
@@ -53,8 +54,8 @@ _STORAGE_DTYPES: dict[str, tuple[str, torch.dtype]] = {
 }
 
 # Non-persistent classes that official generators pickle by reference (docs/checkpoint_formats.md). They become
-# inert records; nothing is imported. The EG3D spellings are accepted so that an EG3D pickle can be recognised
-# and named.
+# inert records; nothing is imported. The EG3D spellings are accepted so that an EG3D pickle can be recognised and
+# named.
 _BY_REFERENCE_CLASSES = frozenset({
     ("training_avatar_texture.triplane_next3d", "OSGDecoder"),
     ("training_avatar_texture.triplane_v13_neural_blending", "OSGDecoder"),
@@ -139,7 +140,10 @@ class _Storage:
 
 
 class _LazyTensor:
-    """A tensor whose bytes stay in the pickle until `materialize`, so unused networks (G, D) cost no copies."""
+    """A tensor whose bytes stay in the pickle until `materialize`, so unused networks (G, D) cost no copies.
+
+    `problem` is None, or why the tensor cannot be read (it asks for more than its storage holds); it is raised,
+    with the tensor's name, when the tensor is used."""
 
     def __init__(self, storage: _Storage, offset: int, size: tuple, stride: tuple, is_parameter: bool = False):
         self.storage = storage
@@ -147,6 +151,15 @@ class _LazyTensor:
         self.size = size
         self.stride = stride
         self.is_parameter = is_parameter
+        self.problem = _tensor_problem(storage, offset, size, stride)
+
+    def pickled_weight(self) -> int:
+        # A tensor with a problem is never copied (using it raises), so it costs nothing however large it claims.
+        return 1 if self.problem else 1 + self.numel() * self.storage.stype.np_dtype.itemsize
+
+    def check(self, name: str = "") -> None:
+        if self.problem is not None:
+            raise CheckpointError(f"The tensor {repr(name) + ' ' if name else ''}{self.problem}. " + _REFUSED)
 
     def numel(self) -> int:
         n = 1
@@ -154,7 +167,8 @@ class _LazyTensor:
             n *= s
         return n
 
-    def materialize(self) -> torch.Tensor:
+    def materialize(self, name: str = "") -> torch.Tensor:
+        self.check(name)
         st = self.storage
         dtype = st.stype.torch_dtype
         if self.numel() == 0:
@@ -184,6 +198,9 @@ class _PersistentRecord:
         self.state = state
         self.version = version
 
+    def pickled_parts(self) -> tuple:
+        return (self.state,)   # the module source is kept as text, never expanded
+
 
 class _InertObject(InertObject):
     """Base of the stand-ins for classes a network pickle holds by reference (torch.nn containers, OSGDecoder...)."""
@@ -194,9 +211,49 @@ class _InertObject(InertObject):
 class _EasyDict(dict):
     """Stand-in for `dnnlib.util.EasyDict` (a dict with attribute access); read back as a plain dict."""
 
+    def __init__(self, items: Any = None) -> None:
+        super().__init__()
+        self.__setstate__(items)
+
     def __setstate__(self, state: Any) -> None:
         if isinstance(state, dict):
             self.update(state)
+
+
+def _checked_items(items: Any, what: str) -> Any:
+    """The arguments of a set, frozenset or OrderedDict call: a list or tuple whose items (or keys) hash cheaply."""
+    if isinstance(items, dict):
+        return items   # its keys were checked when it was filled
+    if not isinstance(items, (list, tuple)):
+        raise CheckpointError(f"The pickle builds a {what} from a {type(items).__name__}. " + _REFUSED)
+    keys = [pair[0] if what == "OrderedDict" and isinstance(pair, tuple) and len(pair) == 2 else pair
+            for pair in items]
+    if not all(cheap_to_hash(k) for k in keys):
+        raise CheckpointError(f"The pickle builds a {what} from items that are not plain values. " + _REFUSED)
+    return items
+
+
+def _set(items: Any = ()) -> set:
+    return set(_checked_items(items, "set"))
+
+
+def _frozenset(items: Any = ()) -> frozenset:
+    return frozenset(_checked_items(items, "frozenset"))
+
+
+def _ordered_dict(items: Any = ()) -> OrderedDict:
+    return OrderedDict(_checked_items(items, "OrderedDict"))
+
+
+def _bytearray(data: Any = b"", encoding: Any = None) -> bytearray:
+    # bytearray(bytes) (protocol 3+) or bytearray(str, 'latin-1') (protocol 2): never bytearray(n), which would
+    # allocate n bytes that the file does not hold.
+    if isinstance(data, bytes) and encoding is None:
+        return bytearray(data)
+    if isinstance(data, str) and encoding in ("latin1", "latin-1"):
+        return bytearray(data.encode("latin1"))
+    raise CheckpointError(f"The pickle builds a bytearray from a {type(data).__name__}; only bytes are read. "
+                          + _REFUSED)
 
 
 def _torch_device(*args: Any) -> str:
@@ -217,19 +274,42 @@ def _check_hooks(hooks: Any) -> None:
         raise CheckpointError("A pickled tensor carries backward hooks; network pickles never do. " + _REFUSED)
 
 
+_MAX_DIM = 2 ** 48   # no dimension, stride or offset of a real tensor comes near this
+
+
 def _tensor_args(storage: Any, offset: Any, size: Any, stride: Any) -> tuple[_Storage, int, tuple, tuple]:
     if not isinstance(storage, _Storage):
         raise CheckpointError("A pickled tensor is not built on a storage. " + _REFUSED)
-    if not (isinstance(offset, int) and offset >= 0):
+    if not (isinstance(offset, int) and 0 <= offset < _MAX_DIM):
         raise CheckpointError("A pickled tensor has an invalid storage offset. " + _REFUSED)
+    if not (isinstance(size, (tuple, list)) and isinstance(stride, (tuple, list)) and len(size) <= 32):
+        raise CheckpointError("A pickled tensor has an invalid size or stride. " + _REFUSED)
     try:
         size = tuple(int(s) for s in size)
         stride = tuple(int(s) for s in stride)
     except (TypeError, ValueError):
         raise CheckpointError("A pickled tensor has an invalid size or stride. " + _REFUSED) from None
-    if len(size) != len(stride) or any(s < 0 for s in size + stride):
+    if len(size) != len(stride) or any(not 0 <= s < _MAX_DIM for s in size + stride):
         raise CheckpointError("A pickled tensor has an invalid size or stride. " + _REFUSED)
     return storage, offset, size, stride
+
+
+def _tensor_problem(storage: _Storage, offset: int, size: tuple, stride: tuple) -> str | None:
+    """Why a tensor asks for more than its storage holds, or None. Checked when it is rebuilt, before anything
+    is allocated: a stride of 0 or overlapping strides would expand a few stored numbers into any number."""
+    numel = 1
+    for n in size:
+        numel *= n
+    if numel == 0:
+        return None
+    if any(s == 0 and n > 1 for n, s in zip(size, stride)):
+        return f"of shape {list(size)} repeats its stored numbers (a stride of 0)"
+    if numel > storage.numel:
+        return f"of shape {list(size)} asks for {numel:,} numbers from a storage of {storage.numel:,}"
+    extent = offset + 1 + sum((n - 1) * s for n, s in zip(size, stride))
+    if extent > storage.numel:
+        return f"of shape {list(size)} reaches number {extent:,} of a storage of {storage.numel:,}"
+    return None
 
 
 def _rebuild_tensor_v2(storage: Any, storage_offset: Any, size: Any, stride: Any, requires_grad: Any = False,
@@ -307,10 +387,10 @@ _OUTER_ALLOWED: dict[tuple[str, str], Any] = {
     ("torch_utils.persistence", "_reconstruct_persistent_obj"): _reconstruct_persistent_obj,
     ("dnnlib.util", "EasyDict"): _EasyDict,
     ("dnnlib", "EasyDict"): _EasyDict,
-    ("collections", "OrderedDict"): OrderedDict,
-    ("builtins", "set"): set,
-    ("builtins", "frozenset"): frozenset,
-    ("builtins", "bytearray"): bytearray,
+    ("collections", "OrderedDict"): _ordered_dict,
+    ("builtins", "set"): _set,
+    ("builtins", "frozenset"): _frozenset,
+    ("builtins", "bytearray"): _bytearray,
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
     ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
@@ -336,12 +416,12 @@ def _refuse(path: str, what: str, where: str = "") -> CheckpointError:
 # ----------------------------------------------------------------------------------------------------------------
 # The two restricted unpicklers
 
-class _StorageStreamUnpickler(pickle.Unpickler):
+class _StorageStreamUnpickler(BoundedUnpickler):
     """Reads the object pickle of a legacy torch.save stream: the only global allowed is a storage class, and
     each persistent id becomes a `_Storage` whose bytes are attached afterwards."""
 
     def __init__(self, file: io.BytesIO, path: str) -> None:
-        super().__init__(file)
+        super().__init__(file, _RULES, f"'{path}' (inside a tensor's storage bytes)", max_depth=_MAX_DEPTH)
         self._path = path
         self.storages: dict[str, _Storage] = {}
 
@@ -355,7 +435,7 @@ class _StorageStreamUnpickler(pickle.Unpickler):
                 and isinstance(pid[1], _StorageType) and isinstance(pid[2], str) and isinstance(pid[3], str)
                 and isinstance(pid[4], int) and pid[4] >= 0):
             raise CheckpointError(f"'{self._path}' holds a tensor storage with an unexpected persistent id "
-                                  f"{pid!r:.200}. " + _REFUSED)
+                                  f"{short_repr(pid, 200)}. " + _REFUSED)
         _, stype, key, location, numel, view = pid
         if view is not None:
             raise CheckpointError(f"'{self._path}' holds a storage view (a pre-PyTorch-1.0 format), which is not "
@@ -366,11 +446,11 @@ class _StorageStreamUnpickler(pickle.Unpickler):
         return self.storages[key]
 
 
-class _PlainUnpickler(pickle.Unpickler):
+class _PlainUnpickler(BoundedUnpickler):
     """For the small header pickles of a storage stream (ints, dicts, lists of str): no globals at all."""
 
     def __init__(self, file: io.BytesIO, path: str) -> None:
-        super().__init__(file)
+        super().__init__(file, _RULES, f"'{path}' (inside a tensor's storage bytes)", max_depth=_MAX_DEPTH)
         self._path = path
 
     def find_class(self, module: str, name: str) -> Any:
@@ -398,14 +478,14 @@ def _parse_legacy_storage(data: Any, path: str) -> _Storage:
     except CheckpointError:
         raise
     except Exception as exc:  # malformed sub-stream: report it as a damaged file, not a crash
-        raise CheckpointError(f"'{path}' holds damaged tensor bytes ({exc}). The file is corrupted or truncated; "
-                              "download it again.") from exc
+        raise CheckpointError(f"'{path}' holds damaged tensor bytes ({one_line(exc)}). The file is corrupted or "
+                              "truncated; download it again.") from exc
     if not isinstance(obj, _Storage) or not isinstance(keys, list):
         raise CheckpointError(f"'{path}' holds tensor bytes whose object is not a storage. " + _REFUSED)
     # Raw data follows in key order. torch writes the counts and bytes little-endian on every platform.
     pos = f.tell()
     for key in keys:
-        if key not in unpickler.storages:
+        if not isinstance(key, str) or key not in unpickler.storages:
             raise CheckpointError(f"'{path}' lists tensor data for an unknown storage key; the file is corrupted.")
         storage = unpickler.storages[key]
         if pos + 8 > len(data):
@@ -424,12 +504,14 @@ def _parse_legacy_storage(data: Any, path: str) -> _Storage:
     return obj
 
 
-class _NetworkUnpickler(pickle.Unpickler):
+class _NetworkUnpickler(BoundedUnpickler):
     """The outer unpickler: `find_class` answers only from the whitelist above, so nothing outside it is ever
-    imported or called."""
+    imported or called, and BoundedUnpickler keeps its work and result proportional to the file."""
+
+    build_targets = (InertObject, NumpyArray, NumpyDType, _EasyDict)
 
     def __init__(self, file: Any, path: str) -> None:
-        super().__init__(file)
+        super().__init__(file, _RULES, f"'{path}'", max_depth=_MAX_DEPTH)
         self._path = path
         self.locations: set[str] = set()
 
@@ -449,8 +531,9 @@ class _NetworkUnpickler(pickle.Unpickler):
         raise _refuse(self._path, f"{module}.{name}")
 
     def persistent_load(self, pid: Any) -> Any:
-        raise CheckpointError(f"Refused to load '{self._path}': the pickle uses a persistent id ({pid!r:.80}), "
-                              "which network pickles written by the training loop never do. " + _REFUSED)
+        raise CheckpointError(f"Refused to load '{self._path}': the pickle uses a persistent id "
+                              f"({short_repr(pid)}), which network pickles written by the training loop never do. "
+                              + _REFUSED)
 
     def _load_from_bytes(self, data: Any) -> _Storage:
         storage = _parse_legacy_storage(data, self._path)
@@ -487,8 +570,8 @@ def _read_top_level(path: str) -> tuple[Any, set[str]]:
         raise CheckpointError(f"Not enough memory to read '{path}'. Close other programs and try again.") from None
     except Exception as exc:  # every callable reachable here is ours, so this is a damaged or foreign file
         raise CheckpointError(f"'{path}' could not be read as a Next3D network pickle ({type(exc).__name__}: "
-                              f"{exc}). The file may be truncated (an interrupted download) or corrupted; download "
-                              "it again.") from exc
+                              f"{one_line(exc)}). The file may be truncated (an interrupted download) or corrupted; "
+                              "download it again.") from exc
     if isinstance(top, int) and top == _LEGACY_MAGIC:
         raise CheckpointError(f"'{path}' is a legacy torch.save file, not a network pickle written by the Next3D "
                               "training loop. Use the official next3d_ffhq_512.pkl.")
@@ -593,12 +676,13 @@ def _lazy_state_dict(net: _PersistentRecord) -> "OrderedDict[str, tuple[_LazyTen
                     continue
                 if not isinstance(value, _LazyTensor):
                     raise CheckpointError(f"'{prefix}{name}' is a {type(value).__name__}, not a tensor. " + _REFUSED)
+                value.check(prefix + name)
                 out[prefix + name] = (value, is_param)
     return out
 
 
-def _state_dict_tensor(lazy: _LazyTensor) -> torch.Tensor:
-    t = lazy.materialize()
+def _state_dict_tensor(lazy: _LazyTensor, name: str) -> torch.Tensor:
+    t = lazy.materialize(name)
     # The port runs in float32; official weights are float32 already, this only normalises odd dumps.
     if t.is_floating_point():
         return t.float()
@@ -611,8 +695,14 @@ class _NotPlain(Exception):
     pass
 
 
-def _to_plain(value: Any, depth: int = 0) -> Any:
-    """Turn a pickled value into plain Python/torch/numpy data, or raise _NotPlain (modules, unknown records)."""
+def _key_path(where: str, key: Any) -> str:
+    key = key if isinstance(key, str) else short_repr(key, 40)
+    return f"{where}.{key}" if where else key
+
+
+def _to_plain(value: Any, depth: int = 0, where: str = "") -> Any:
+    """Turn a pickled value into plain Python/torch/numpy data, or raise _NotPlain (modules, unknown records).
+    `where` names the value in errors (its dotted path)."""
     if depth > _MAX_DEPTH:
         raise CheckpointError("A pickled value nests too deeply. " + _REFUSED)
     if value is None or isinstance(value, (bool, int, float, complex, str, bytes, torch.dtype)):
@@ -622,15 +712,15 @@ def _to_plain(value: Any, depth: int = 0) -> Any:
             raise _NotPlain
         return value.value
     if isinstance(value, _LazyTensor):
-        return value.materialize()
+        return value.materialize(where)
     if isinstance(value, dict):  # dict, OrderedDict and EasyDict all become plain dicts
-        return {_to_plain(k, depth + 1): _to_plain(v, depth + 1) for k, v in value.items()}
+        return {_to_plain(k, depth + 1, where): _to_plain(v, depth + 1, _key_path(where, k)) for k, v in value.items()}
     if isinstance(value, list):
-        return [_to_plain(v, depth + 1) for v in value]
+        return [_to_plain(v, depth + 1, f"{where}[{i}]") for i, v in enumerate(value)]
     if isinstance(value, tuple):
-        return tuple(_to_plain(v, depth + 1) for v in value)
+        return tuple(_to_plain(v, depth + 1, f"{where}[{i}]") for i, v in enumerate(value))
     if isinstance(value, (set, frozenset)):
-        return {_to_plain(v, depth + 1) for v in value}
+        return {_to_plain(v, depth + 1, where) for v in value}
     raise _NotPlain
 
 
@@ -640,7 +730,7 @@ def _plain_attributes(state: dict) -> dict:
         if not isinstance(name, str) or name.startswith("_") or name in _MODULE_INTERNALS:
             continue
         try:
-            out[name] = _to_plain(value)
+            out[name] = _to_plain(value, where=name)
         except _NotPlain:
             continue
     return out
@@ -649,15 +739,18 @@ def _plain_attributes(state: dict) -> dict:
 def _module_sources(net: _PersistentRecord) -> tuple[dict, dict]:
     sources: dict[str, str] = {}
     classes: dict[str, str] = {}
+    known: set[str] = set()   # the texts in `sources`, for a look-up that does not compare every text
     for path, node in _walk_modules(net):
         if isinstance(node, _PersistentRecord):
             classes[path] = node.class_name
             key = node.class_name
             if key in sources and sources[key] != node.module_src:
-                if node.module_src in sources.values():
+                if node.module_src in known:
                     continue
                 key = f"{node.class_name} ({path})"
-            sources.setdefault(key, node.module_src)
+            if key not in sources:
+                sources[key] = node.module_src
+                known.add(node.module_src)
         else:
             classes[path] = node.qualified_name()
     return sources, classes
@@ -665,7 +758,7 @@ def _module_sources(net: _PersistentRecord) -> tuple[dict, dict]:
 
 def _plain_kwargs(net: _PersistentRecord, what: str) -> Any:
     try:
-        return _to_plain(net.state.get(what, {} if what == "_init_kwargs" else ()))
+        return _to_plain(net.state.get(what, {} if what == "_init_kwargs" else ()), where=what)
     except _NotPlain:
         raise CheckpointError(f"The {what} saved with {net.class_name} hold something other than plain values. "
                               + _REFUSED) from None
@@ -685,7 +778,8 @@ def load_official_pickle(path: str | os.PathLike, key: str = "G_ema") -> Officia
     net = _select(top, key, path)
     _check_next3d(net, key, path)
 
-    state_dict = OrderedDict((name, _state_dict_tensor(lazy)) for name, (lazy, _) in _lazy_state_dict(net).items())
+    state_dict = OrderedDict((name, _state_dict_tensor(lazy, name))
+                             for name, (lazy, _) in _lazy_state_dict(net).items())
     init_kwargs = _plain_kwargs(net, "_init_kwargs")
     if not isinstance(init_kwargs, dict):
         raise CheckpointError(f"The _init_kwargs saved with {net.class_name} are not a dict. " + _REFUSED)
@@ -698,7 +792,7 @@ def load_official_pickle(path: str | os.PathLike, key: str = "G_ema") -> Officia
     if renderer is not None:
         axes = _module_state(renderer, "renderer").get("plane_axes")
         if isinstance(axes, _LazyTensor):
-            attributes["plane_axes"] = axes.materialize()
+            attributes["plane_axes"] = axes.materialize("renderer.plane_axes")
     if "plane_axes" not in attributes:
         log.warning("'%s' has no renderer.plane_axes attribute.", path)
     sources, classes = _module_sources(net)
@@ -743,6 +837,8 @@ def describe_official_pickle(path: str | os.PathLike) -> dict:
             try:
                 networks[str(k)] = _describe_network(v)
             except CheckpointError as exc:  # one odd entry (say an augment pipe) should not hide the others
+                if k == "G_ema":   # but the generator is what the file is for
+                    raise CheckpointError(f"'{path}': the G_ema generator cannot be read: {exc}") from None
                 networks[str(k)] = {"class_name": v.class_name, "error": str(exc)}
     out: dict[str, Any] = {
         "path": path,

@@ -20,6 +20,8 @@ from safetensors.torch import save_file
 
 from ..errors import CheckpointError, InputError
 from .atomic import new_file_mode
+from .bounded_read import json_loads
+from .restricted_pickle import short_repr
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "EXTRA_PREFIX", "save_checkpoint", "load_checkpoint",
            "checkpoint_kind", "stored_kind", "describe_file_format"]
@@ -54,7 +56,7 @@ def _safetensors_header(path: str) -> dict | None:
             header = f.read(n)
         if header[:1] != b"{":
             return None
-        parsed = json.loads(header.decode("utf-8"))
+        parsed = json_loads(header.decode("utf-8"))   # nesting beyond the layout's 3 levels: not our file
     except (OSError, ValueError):
         return None
     return parsed if isinstance(parsed, dict) else None
@@ -109,7 +111,7 @@ def describe_file_format(path: str | os.PathLike) -> str:
         fmt = meta.get("format") if isinstance(meta, dict) else None
         if fmt == FORMAT_NAME:
             return "a .safetensors checkpoint written by this project"
-        return f"a .safetensors file from another project (format {fmt!r})" if fmt else \
+        return f"a .safetensors file from another project (format {short_repr(fmt)})" if fmt else \
             "a .safetensors file from another project (no next3d-blender metadata)"
     if head[:2] == b"\x1f\x8b":
         return "a gzip-compressed file (decompress it first)"
@@ -231,22 +233,22 @@ def load_checkpoint(path: str | os.PathLike, kind: str | None = "next3d-generato
     fmt = meta.get("format") if isinstance(meta, dict) else None
     if fmt != FORMAT_NAME:
         raise CheckpointError(f"'{path}' is a .safetensors file from another project "
-                              f"({'format ' + repr(fmt) if fmt else 'no next3d-blender metadata'}), not a Next3D "
+                              f"({'format ' + short_repr(fmt) if fmt else 'no next3d-blender metadata'}), not a Next3D "
                               "checkpoint of this project. Convert the official next3d_ffhq_512.pkl (`next3d convert`) "
                               "and use the result instead.")
     version = meta.get("format_version")
     if version != FORMAT_VERSION:
-        raise CheckpointError(f"'{path}' has checkpoint format_version {version!r}; this version of the add-on reads "
-                              f"format_version {FORMAT_VERSION!r}. Update the add-on, or convert the checkpoint "
-                              "again with this version.")
+        raise CheckpointError(f"'{path}' has checkpoint format_version {short_repr(version)}; this version of the "
+                              f"add-on reads format_version {FORMAT_VERSION!r}. Update the add-on, or convert the "
+                              "checkpoint again with this version.")
     if kind is not None and meta.get("kind") != kind:
-        raise CheckpointError(f"'{path}' is a '{meta.get('kind')}' checkpoint, but a '{kind}' checkpoint was "
+        raise CheckpointError(f"'{path}' is a {short_repr(meta.get('kind'))} checkpoint, but a '{kind}' checkpoint was "
                               "expected. Choose the right file.")
     try:
-        config = json.loads(meta.get("config", ""))
-    except ValueError as exc:
+        config = json_loads(meta.get("config", ""))
+    except (TypeError, ValueError) as exc:   # not text, not JSON, or nested deeper than any config
         raise CheckpointError(f"'{path}' has a damaged config in its metadata ({exc}). Convert the checkpoint "
-                              "again.") from exc
+                              "again.") from None
     if not isinstance(config, dict):
         raise CheckpointError(f"'{path}' has a config that is not a JSON object. Convert the checkpoint again.")
 

@@ -8,13 +8,13 @@ iBUG definition (jaw contour, brows, nose, eye corners and lids, outer and inner
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Tuple, Union
 
 import numpy as np
 
 from ..errors import InputError, Next3DError
+from ..io.bounded_read import json_loads, read_npy, read_text_array
 
 __all__ = ["IBUG68_FROM_MEDIAPIPE", "detect_landmarks", "read_landmarks_file", "check_image", "check_landmarks"]
 
@@ -86,15 +86,18 @@ def read_landmarks_file(path: Union[str, Path]) -> np.ndarray:
     try:
         suffix = p.suffix.lower()
         if suffix == ".npy":
-            data = np.load(p, allow_pickle=False)
+            with open(p, "rb") as fh:
+                data = read_npy(fh)
         elif suffix == ".json":
-            data = json.loads(p.read_text(encoding="utf-8"))
+            data = json_loads(p.read_text(encoding="utf-8"))
             data = data.get("landmarks") if isinstance(data, dict) else data
         else:
-            data = np.loadtxt(p, dtype=np.float64, ndmin=2)
-        points = np.asarray(data, dtype=np.float32)
-    except (OSError, ValueError, TypeError) as exc:
-        raise InputError(f"The landmark file {p} cannot be read ({exc}); {fix}.") from None
+            data = read_text_array(p)
+        with np.errstate(over="ignore", invalid="ignore"):   # out-of-range numbers become inf, named below
+            points = np.asarray(data, dtype=np.float32)
+    except (OSError, ValueError, TypeError, OverflowError) as exc:   # BoundedReadError is a ValueError
+        reason = " ".join(str(exc).split())[:200]
+        raise InputError(f"The landmark file {p} cannot be read ({reason}); {fix}.") from None
     if points.ndim != 2 or points.shape[0] != 68 or points.shape[1] not in (2, 3):
         raise InputError(f"The landmark file {p} holds an array of shape {list(points.shape)}; {fix}.")
     if not np.isfinite(points).all():

@@ -1,5 +1,5 @@
-"""The restricted reader of official Next3D network pickles (docs/checkpoint_formats.md), on files written
-opcode by opcode."""
+"""The restricted reader of official Next3D network pickles (docs/checkpoint_formats.md), on files written opcode by
+opcode."""
 
 from __future__ import annotations
 
@@ -395,6 +395,46 @@ def test_a_pickled_list_is_not_a_network_pickle(tmp_path):
 def test_no_unrestricted_loads_in_the_readers():
     # The whole point of the module: no plain pickle.load / torch.load, no exec/eval in the checkpoint readers.
     root = Path(__file__).resolve().parents[2] / "core" / "io"
-    for name in ("official_pickle.py", "safetensors_format.py"):
+    for name in ("official_pickle.py", "safetensors_format.py", "restricted_pickle.py", "bounded_read.py"):
         text = (root / name).read_text(encoding="utf-8")
         assert not re.search(r"pickle\.loads?\(|torch\.load\(|\bexec\(|(?<!\.)\beval\(", text), name
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Bounded reading (the fuzz corpus, tests/core/test_hostile_files.py, runs many more files in subprocesses)
+
+def _top(payload: bytes) -> bytes:
+    return b"\x80\x02}X\x05\x00\x00\x00G_ema" + payload + b"s."
+
+
+def test_build_cannot_change_the_readers_classes_or_functions(tmp_path):
+    # BUILD with a (dict, slots) state sets attributes on whatever it targets; on a global the whitelist hands out it
+    # would change the reader for the rest of the process. It is refused and nothing changes.
+    from core.io import official_pickle as op
+
+    before = dict(vars(op._EasyDict)), op._rebuild_tensor_v2.__defaults__
+    path = tmp_path / "build.pkl"
+    for target in (b"cdnnlib.util\nEasyDict\n", b"ctorch._utils\n_rebuild_tensor_v2\n"):
+        path.write_bytes(_top(target + b"N}X\x0c\x00\x00\x00__setstate__cbuiltins\nset\ns\x86b"))
+        with pytest.raises(CheckpointError, match="sets the state of a (type|function)"):
+            load_official_pickle(path)
+    assert dict(vars(op._EasyDict)) == before[0] and op._rebuild_tensor_v2.__defaults__ == before[1]
+
+
+def test_shared_references_are_read_until_they_expand_beyond_the_file():
+    shared = {"depth_resolution": 48}
+    out = _to_plain(_NetworkUnpickler(io.BytesIO(pickle.dumps({"a": shared, "b": [shared] * 100})), "mem").load())
+    assert out["b"][99] == {"depth_resolution": 48}
+    bomb: list = [0]
+    for _ in range(30):
+        bomb = [bomb, bomb]   # the pickler writes each level once: 2**30 references in ~300 bytes
+    with pytest.raises(CheckpointError, match=r"expands its shared references in '\[0\]\[0\]"):
+        _NetworkUnpickler(io.BytesIO(pickle.dumps(bomb)), "mem").load()
+
+
+def test_a_tensor_may_not_ask_for_more_than_its_storage_holds():
+    data = pickle.dumps({"ok": torch.zeros(1).expand(1, 1), "expanded": torch.zeros(1).expand(2 ** 20)})
+    out = _NetworkUnpickler(io.BytesIO(data), "mem").load()
+    assert _to_plain(out["ok"]).shape == (1, 1)
+    with pytest.raises(CheckpointError, match=r"'expanded' of shape \[1048576\] repeats its stored numbers"):
+        _to_plain(out, where="")

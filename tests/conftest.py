@@ -32,3 +32,13 @@ def official_key_list() -> Path:
     if not path.is_file():
         pytest.skip(f"the official state-dict listing is not here ({path}); it lives in ../shared/spec")
     return path
+
+
+@pytest.fixture(scope="session")
+def official_standins(tmp_path_factory, reference_dir) -> dict:
+    """Full-size stand-ins of the licensed files (tools/official_standins), generated once per session into a tmp
+    folder: {file name: path} for generic_model.pkl, flame_static_embedding.pkl, flame_dynamic_embedding.npy,
+    landmark_embedding.npy, flame2023.pkl and next3d_small.pkl (all in one folder, as a user keeps them)."""
+    from tools.official_standins import write_standins
+
+    return write_standins(tmp_path_factory.mktemp("official_standins"), reference_dir, flame2023=True)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from .loaders import load_flame, model_key
+from .loaders import load_head
+from .options import FlameFiles
 
 
 @click.command("demo")
@@ -30,12 +31,13 @@ def demo_command(out: str, seed: int, n_frames: int) -> None:
     from ..sampling import latent_from_seed
     from ..sequence.cameras import camera_track
     from ..sequence.render import FlameSequenceSource, frame_name, render_sequence, settings_differ
+    from ..session import file_digest
 
     out_dir = ensure_writable_dir(out)
     model = default_model()
     click.echo(f"model: {model.description}")
     generator = model.generator
-    flame = load_flame(None)
+    flame = load_head(FlameFiles(None)).flame
     names = load_builtin_head_data()["expression_names"]
     animation = demo_animation(flame.n_shape, flame.n_expr, names, n_frames=n_frames)
     save_sequence(out_dir / "demo_animation.json", animation)
@@ -46,7 +48,7 @@ def demo_command(out: str, seed: int, n_frames: int) -> None:
                                truncation_psi=0.7, truncation_cutoff=14)
         identity = generator.make_identity(ws)
     settings = {"kind": "demo", "seed": seed, "frames": n_frames, "model": model.description,
-                "weights": model_key(None)}
+                "weights": file_digest(None)}
     # The demo's folder holds only the demo's own frames: made with other settings (another seed, a new bundled
     # model), they are rendered again rather than refused.
     overwrite = settings_differ(out_dir / "frames", settings)

@@ -8,8 +8,8 @@ from typing import Optional
 
 import click
 
-from .loaders import load_flame, load_model, model_key, set_threads
-from .options import device_option, model_option, threads_option
+from .loaders import check_head, load_head, load_model, set_threads
+from .options import FlameFiles, device_option, flame_options, model_option, threads_option
 
 
 def _aligned_target(pixels, resolution: int, source: str):
@@ -35,9 +35,8 @@ def _aligned_target(pixels, resolution: int, source: str):
               help="Avatar folder: avatar.safetensors, latent.npy, camera.npy, mesh.npy, reconstruction.png, "
                    "target.png, avatar.json.")
 @model_option
-@click.option("--flame-model", type=click.Path(dir_okay=False),
-              help="FLAME model for the landmark fit (generic_model.pkl or its .npz; default: the built-in head). It "
-                   "must be the head the generator was built on.")
+@flame_options("is fitted to the portrait's landmarks; it must be the head the model was trained on (the "
+               "official model: FLAME)")
 @click.option("--landmarks", type=click.Path(dir_okay=False),
               help="68 landmarks of the portrait in image pixels (.npy/.txt/.json) instead of detecting them.")
 @click.option("--camera", type=click.Path(dir_okay=False),
@@ -59,10 +58,10 @@ def _aligned_target(pixels, resolution: int, source: str):
 @threads_option()
 @click.option("--overwrite", is_flag=True, help="Replace an avatar already in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def invert_command(portrait: str, out: str, model: Optional[str], flame_model: Optional[str],
-                   landmarks: Optional[str], camera: Optional[str], mesh: Optional[str], vgg16: Optional[str],
-                   lpips: Optional[str], latent_steps: int, tune_steps: int, seed: int, device: str,
-                   threads: Optional[int], overwrite: bool, quiet: bool) -> None:
+def invert_command(portrait: str, out: str, model: Optional[str], flame: FlameFiles,
+                   landmarks: Optional[str], camera: Optional[str], mesh: Optional[str],
+                   vgg16: Optional[str], lpips: Optional[str], latent_steps: int, tune_steps: int, seed: int,
+                   device: str, threads: Optional[int], overwrite: bool, quiet: bool) -> None:
     """One-shot avatar from a portrait photo by pivotal tuning inversion: detect and fit the face, optimize the
     avatar's ws (phase 1), then fine-tune the generator at those ws (phase 2). The result animates like any avatar.
 
@@ -98,7 +97,8 @@ def invert_command(portrait: str, out: str, model: Optional[str], flame_model: O
         except Next3DError as exc:
             raise click.BadParameter(str(exc), param_hint="--lpips" if lpips and Path(lpips).name in str(exc)
                                      else "--vgg16") from None
-    generator, _ = load_model(model, device)
+    loaded = load_model(model, device)
+    generator = loaded.generator
     res = generator.config.image_resolution
 
     portrait_result = None
@@ -107,10 +107,15 @@ def invert_command(portrait: str, out: str, model: Optional[str], flame_model: O
         cam = read_camera_file(camera)[None]
         mesh_input = read_mesh_input(mesh, n_vertices=generator.config.n_vertices,
                                      n_landmarks=generator.config.n_landmarks)
+        if Path(mesh).suffix.lower() == ".obj":
+            from ..session import read_obj_faces
+
+            check_head(loaded, read_obj_faces(mesh), generator.config.n_vertices, f"the mesh {Path(mesh).name}", flame,
+                       mesh_file=True)
     else:
-        flame = load_flame(flame_model)
+        head = load_head(flame, loaded)
         click.echo("preprocessing the portrait (landmarks, crop, camera, FLAME fit)", err=True)
-        portrait_result = preprocess_portrait(pixels, flame, resolution=res,
+        portrait_result = preprocess_portrait(pixels, head.flame, resolution=res,
                                               landmarks=read_landmarks_file(landmarks) if landmarks else None,
                                               camera=read_camera_file(camera) if camera else None,
                                               source=str(portrait))
@@ -143,7 +148,7 @@ def invert_command(portrait: str, out: str, model: Optional[str], flame_model: O
     for warning in result.warnings:
         click.echo(f"warning: {warning}", err=True)
     save_avatar(out_dir, result, portrait=portrait_result, source_image=portrait, overwrite=overwrite,
-                extra_info={"model": model_key(model)})
+                extra_info=_model_info(model))
     click.echo(f"wrote {out_dir}: PSNR {result.psnr_start:.2f} dB at the start, {result.psnr_latent:.2f} dB after "
                f"{result.latent_steps} latent steps, {result.psnr_tuned:.2f} dB after {result.tune_steps} tuning "
                "steps")
@@ -151,3 +156,11 @@ def invert_command(portrait: str, out: str, model: Optional[str], flame_model: O
     click.echo(f"animate it: next3d render --model {d / 'avatar.safetensors'} --latent {d / 'latent.npy'} "
                f"--mesh {d / 'mesh.npy'} --sample-seed {seed} --out frame.png   (or --sequence DRIVE --out-dir "
                "frames/)")
+
+
+def _model_info(model: Optional[str]) -> dict:
+    """What avatar.json records of the model the avatar was tuned from: its file and weights digest."""
+    from ..session import model_record
+
+    record = model_record(model)
+    return {"model": f"{record['model']} ({record['weights']})" if record["weights"] else record["model"]}

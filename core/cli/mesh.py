@@ -8,15 +8,17 @@ from typing import Optional
 
 import click
 
-from .loaders import avatar_identity, load_model, mesh_input, set_threads
-from .options import (THREADS_NOTE, Avatar, MeshFiles, avatar_options, device_option, mesh_options, model_option,
-                      threads_option)
+from .loaders import avatar_identity, check_output_dir, head_mesh, load_model, set_threads
+from .options import (THREADS_NOTE, Avatar, FlameFiles, MeshFiles, avatar_options, device_option, flame_options,
+                      mesh_options, model_option, threads_option)
 
 
 @click.command("mesh")
 @model_option
 @avatar_options()
 @mesh_options("FLAME mesh (the expression)")
+@flame_options("makes the head: its neutral head, or the first frame of a --mesh animation (in the head's frame: its "
+               "global rotation is not used)")
 @click.option("--resolution", default=256, show_default=True, type=click.IntRange(min=16),
               help="Lattice points per side of the density grid (official: 512).")
 @click.option("--level", type=float, default=None,
@@ -28,13 +30,17 @@ from .options import (THREADS_NOTE, Avatar, MeshFiles, avatar_options, device_op
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output mesh: .ply, .obj or .glb.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @threads_option(THREADS_NOTE)
-def mesh_command(model: Optional[str], avatar: Avatar, mesh: MeshFiles, resolution: int, level: Optional[float],
-                 units: str, device: str, out: str, quiet: bool, threads: Optional[int]) -> None:
+def mesh_command(model: Optional[str], avatar: Avatar, mesh: MeshFiles, flame: FlameFiles, resolution: int,
+                 level: Optional[float], units: str, device: str, out: str, quiet: bool,
+                 threads: Optional[int]) -> None:
     """Extract the avatar's surface, for one expression, as a triangle mesh with vertex colours (marching cubes
     on the density field).
 
     \b
     Example: next3d mesh --model next3d_ffhq_512.pkl --mesh demo.obj --seed 4 --resolution 256 --out head.ply
+
+    \b
+    Example: next3d mesh --model next3d_ffhq_512.pkl --flame-model FLAME2020/generic_model.pkl --out head.glb
     """
     import torch
 
@@ -51,9 +57,10 @@ def mesh_command(model: Optional[str], avatar: Avatar, mesh: MeshFiles, resoluti
         raise click.BadParameter(f"the mesh name must end in {', '.join(SUFFIXES)}, e.g. head.ply.",
                                  param_hint="--out")
     set_threads(threads)
-    ensure_writable_dir(Path(out).resolve().parent)
-    generator, default_v = load_model(model, device)
-    v = mesh_input(mesh, default_v)
+    check_output_dir(Path(out).resolve().parent)
+    loaded = load_model(model, device)
+    generator = loaded.generator
+    v = head_mesh(mesh, flame, loaded).v
     _, identity = avatar_identity(generator, avatar, device)
     bar = None
     if not quiet:
@@ -75,6 +82,7 @@ def mesh_command(model: Optional[str], avatar: Avatar, mesh: MeshFiles, resoluti
     finally:
         if bar is not None:
             bar.close()
+    ensure_writable_dir(Path(out).resolve().parent)
     save_mesh(out, result)
     click.echo(f"wrote {out} ({len(result.vertices)} vertices, {len(result.faces)} faces, {units} units, level "
                f"{level:.3g})")

@@ -16,8 +16,8 @@ from typing import Any, Callable, List, Optional, Tuple
 import click
 from click.core import ParameterSource
 
-__all__ = ["Avatar", "MeshFiles", "bundle", "given", "model_option", "device_option", "threads_option", "THREADS_NOTE",
-           "avatar_options", "avatar_seeds_options", "mesh_options"]
+__all__ = ["Avatar", "MeshFiles", "FlameFiles", "bundle", "given", "model_option", "device_option", "threads_option",
+           "THREADS_NOTE", "avatar_options", "avatar_seeds_options", "mesh_options", "flame_options"]
 
 
 def bundle(into: str, build: Callable[..., Any], *options: Callable) -> Callable:
@@ -77,6 +77,12 @@ class Avatar:
     @property
     def seed(self) -> int:
         return self.seeds[0]
+
+    def session(self, seed: Optional[int] = None):
+        """The core.session.Avatar of `seed` (default the first seed)."""
+        from ..session import Avatar as SessionAvatar
+
+        return SessionAvatar(self.seed if seed is None else seed, self.psi, self.trunc_cutoff, self.latent)
 
 
 def _check_latent_seed(latent: Optional[str], seed_default: bool, flag: str) -> None:
@@ -152,7 +158,44 @@ def mesh_options(what: str = "FLAME mesh") -> Callable:
     """--mesh and --landmarks -> the command's `mesh` (MeshFiles); `what` names the mesh in the help."""
     return bundle("mesh", MeshFiles,
                   click.option("--mesh", type=click.Path(dir_okay=False),
-                               help=f"{what}: .obj (+ --landmarks) or a (5091, 3) .npy/.txt array (default: the "
-                                    "neutral head the model was built on)."),
+                               help=f"{what}: .obj (+ --landmarks), a (5091, 3) .npy/.txt array, or a FLAME "
+                                    "animation (.json/.npz of parameters; its first frame, through --flame-model). "
+                                    "Default: the neutral head of --flame-model, else the head the model was built "
+                                    "on."),
                   click.option("--landmarks", type=click.Path(dir_okay=False),
                                help="68 x 3 landmark text file for an .obj mesh."))
+
+
+# ------------------------------------------------------------------------------------------------ FLAME files
+
+@dataclass(frozen=True)
+class FlameFiles:
+    """--flame-model and --flame-landmarks: the FLAME model that turns parameters into meshes (None: the built-in
+    head) and its landmark embedding when it is not beside the model under its official name."""
+
+    model: Optional[str]
+    landmarks: Tuple[str, ...] = ()
+
+
+def _flame_files(flame_model: Optional[str], flame_landmarks: Tuple[str, ...]) -> FlameFiles:
+    if flame_landmarks and not flame_model:
+        from ..errors import InputError
+
+        raise InputError("--flame-landmarks goes with an official FLAME model; give --flame-model too, or drop it "
+                         "(the built-in head has its own landmarks).")
+    return FlameFiles(flame_model, tuple(flame_landmarks))
+
+
+def flame_options(what: str = "turns FLAME parameters into meshes") -> Callable:
+    """--flame-model and --flame-landmarks -> the command's `flame` (FlameFiles); `what` says what it does here."""
+    return bundle("flame", _flame_files,
+                  click.option("--flame-model", type=click.Path(dir_okay=False),
+                               help=f"The FLAME model that {what}: FLAME 2020 generic_model.pkl or a FLAME 2023 "
+                                    "pickle (read without chumpy, converted once into a cache), or a converted "
+                                    ".npz (default: the built-in head). Its landmark embedding is found beside it: "
+                                    "landmark_embedding.npy (DECA) or flame_static_embedding.pkl + "
+                                    "flame_dynamic_embedding.npy (FLAME)."),
+                  click.option("--flame-landmarks", multiple=True, type=click.Path(dir_okay=False),
+                               help="The landmark embedding of --flame-model when it is not beside it: DECA's "
+                                    "landmark_embedding.npy, or FLAME's flame_static_embedding.pkl and "
+                                    "flame_dynamic_embedding.npy (give the option twice)."))

@@ -13,9 +13,10 @@ from typing import Optional, Tuple
 import click
 
 from ..errors import Next3DError
-from .loaders import avatar_identity, load_flame, load_model, mesh_input, model_key, set_threads
-from .options import (THREADS_NOTE, Avatar, MeshFiles, avatar_options, bundle, device_option, given, mesh_options,
-                      model_option, threads_option)
+from .loaders import (avatar_identity, check_head, check_output_dir, head_mesh, load_head, load_model, render_record,
+                      set_threads)
+from .options import (THREADS_NOTE, Avatar, FlameFiles, MeshFiles, avatar_options, bundle, device_option, flame_options,
+                      given, mesh_options, model_option, threads_option)
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,6 @@ class SequenceOptions:
     overwrite: bool
     fps: float
     camera: Optional[str]
-    flame_model: Optional[str]
     smooth_camera: bool
     no_video: bool
     image_mode: str
@@ -63,9 +63,6 @@ sequence_options = bundle(
                  help="Sequence mode: 'fixed' (the --yaw/--pitch/--fov camera; the default, except that a FLAME "
                       "animation with cameras uses its own), 'orbit' (the official gen_videos orbit) or a file with "
                       "one label per frame: .npy [frames, 25] or the official dataset.json."),
-    click.option("--flame-model", type=click.Path(dir_okay=False),
-                 help="Sequence mode: the FLAME model (generic_model.pkl or its converted .npz) that turns a FLAME "
-                      "animation (.npz/.json of parameters) into meshes (default: the built-in head)."),
     click.option("--smooth-camera", is_flag=True,
                  help="Average each label of a camera file with its neighbours, as the official reenactment does."),
     click.option("--no-video", is_flag=True, help="Sequence mode: write the frames only."),
@@ -81,18 +78,21 @@ sequence_options = bundle(
 @click.option("--pitch", default=0.0, show_default=True, help="Camera pitch offset from frontal, radians.")
 @click.option("--fov", default=18.837, show_default=True, help="Field of view, degrees.")
 @mesh_options()
+@flame_options("turns FLAME parameters (a --sequence animation, a --mesh animation) into meshes; without --mesh, "
+               "its neutral head is rendered")
 @click.option("--sample-seed", default=0, show_default=True,
               help="Seed of the renderer's random depth samples (per frame in sequence mode).")
 @device_option
 @click.option("--out", type=click.Path(dir_okay=False), help="Output PNG (one frame).")
 @click.option("--sequence", type=click.Path(),
-              help="Render a sequence: a folder of <id>.obj + <id>_kpt2d.txt (the official reenactment layout) or "
-                   "an .npy/.npz of vertices + landmarks [frames, 5091, 3].")
+              help="Render a sequence: a FLAME animation (.json/.npz of parameters, through --flame-model), a folder "
+                   "of <id>.obj + <id>_kpt2d.txt (the official reenactment layout) or an .npy/.npz of vertices + "
+                   "landmarks [frames, 5091, 3].")
 @sequence_options
 @threads_option(THREADS_NOTE)
 def render_command(model: Optional[str], avatar: Avatar, yaw: float, pitch: float, fov: float, mesh: MeshFiles,
-                   sample_seed: int, device: str, out: Optional[str], sequence: Optional[str], seq: SequenceOptions,
-                   threads: Optional[int]) -> None:
+                   flame: FlameFiles, sample_seed: int, device: str, out: Optional[str], sequence: Optional[str],
+                   seq: SequenceOptions, threads: Optional[int]) -> None:
     """Render one frame of an avatar (--out), or every frame of an animation (--sequence + --out-dir).
 
     Sequences resume: frames already in --out-dir are skipped, so run the same command again after an
@@ -105,15 +105,20 @@ def render_command(model: Optional[str], avatar: Avatar, yaw: float, pitch: floa
     Example: next3d render --model next3d_ffhq_512.pkl --sequence drive/ --camera drive/dataset.json --out-dir frames/
 
     \b
+    Example (the official FLAME model, its landmark embedding beside it):
+             next3d render --model next3d_ffhq_512.pkl --flame-model FLAME2020/generic_model.pkl
+                           --sequence anim.json --out-dir frames/
+
+    \b
     Example (an avatar from `next3d invert`):
              next3d render --model me/avatar.safetensors --latent me/latent.npy --mesh me/mesh.npy --out frame.png
     """
     set_threads(threads)
     _check_mode(out, sequence, mesh, seq)
     if sequence is None:
-        _render_frame(model, avatar, yaw, pitch, fov, mesh, sample_seed, device, out)
+        _render_frame(model, avatar, yaw, pitch, fov, mesh, flame, sample_seed, device, out)
     else:
-        _render_sequence(model, avatar, yaw, pitch, fov, sample_seed, device, sequence, seq)
+        _render_sequence(model, avatar, yaw, pitch, fov, flame, sample_seed, device, sequence, seq)
 
 
 def _check_mode(out: Optional[str], sequence: Optional[str], mesh: MeshFiles, seq: SequenceOptions) -> None:
@@ -139,34 +144,42 @@ def _check_mode(out: Optional[str], sequence: Optional[str], mesh: MeshFiles, se
 
 
 def _render_frame(model: Optional[str], avatar: Avatar, yaw: float, pitch: float, fov: float, mesh: MeshFiles,
-                  sample_seed: int, device: str, out: str) -> None:
+                  flame: FlameFiles, sample_seed: int, device: str, out: str) -> None:
     import torch
 
+    from ..flame.conversions import Placement, fold_head_pose_into_label
     from ..io.images import ensure_writable_dir, to_uint8, write_png
     from ..rendering.camera import ffhq_camera
 
-    ensure_writable_dir(Path(out).resolve().parent)
-    generator, default_v = load_model(model, device)
-    v = mesh_input(mesh, default_v)
-    _, identity = avatar_identity(generator, avatar, device)
+    check_output_dir(Path(out).resolve().parent)
+    loaded = load_model(model, device)
+    head = head_mesh(mesh, flame, loaded)
+    _, identity = avatar_identity(loaded.generator, avatar, device)
+    camera = ffhq_camera(yaw, pitch, fov)[None]
+    if head.rotation is not None and bool((head.rotation != 0).any()):  # a FLAME frame's head pose
+        camera = fold_head_pose_into_label(camera, head.rotation, pivot=head.pivot,
+                                           placement=Placement.of(loaded.generator))
     with torch.no_grad():
         rng = torch.Generator(device=device).manual_seed(sample_seed)
-        out_frame = generator.render_frame(identity, v.to(device), ffhq_camera(yaw, pitch, fov)[None].to(device),
-                                           generator=rng)
+        out_frame = loaded.generator.render_frame(identity, head.v.to(device), camera.to(device), generator=rng)
+    ensure_writable_dir(Path(out).resolve().parent)
     write_png(out, to_uint8(out_frame.image[0]))
     click.echo(f"wrote {out}")
 
 
-def _render_sequence(model: Optional[str], avatar: Avatar, yaw: float, pitch: float, fov: float, sample_seed: int,
-                     device: str, sequence: str, seq: SequenceOptions) -> None:
-    from ..io.images import ensure_writable_dir
+def _render_sequence(model: Optional[str], avatar: Avatar, yaw: float, pitch: float, fov: float, flame: FlameFiles,
+                     sample_seed: int, device: str, sequence: str, seq: SequenceOptions) -> None:
     from ..sequence.cameras import camera_track
     from ..sequence.render import is_flame_animation, render_sequence, sequence_source
 
     # The FLAME model is needed only to turn parameters into meshes; mesh folders and arrays bring their own.
-    flame = load_flame(seq.flame_model) if seq.flame_model or is_flame_animation(Path(sequence)) else None
+    if flame.model and not is_flame_animation(Path(sequence)):
+        raise click.BadParameter(f"{Path(sequence).name} holds meshes already; --flame-model turns a FLAME animation "
+                                 "(.json/.npz of parameters) into meshes. Drop --flame-model.",
+                                 param_hint="--flame-model")
+    head = load_head(flame) if is_flame_animation(Path(sequence)) else None
     try:
-        source = sequence_source(sequence, flame=flame)
+        source = sequence_source(sequence, flame=head.flame if head else None)
     except Next3DError as exc:
         raise click.BadParameter(str(exc), param_hint="--sequence") from None
     if seq.camera is None and source.has_own_cameras:
@@ -184,19 +197,34 @@ def _render_sequence(model: Optional[str], avatar: Avatar, yaw: float, pitch: fl
         raise click.BadParameter(f"frames {frame_range[0]}-{frame_range[1]} are outside the sequence, whose frames "
                                  f"are numbered {source.first_number}-{source.last_number}; choose a range inside "
                                  "it.", param_hint="--frames")
-    ensure_writable_dir(seq.out_dir)
+    check_output_dir(seq.out_dir)
 
-    generator, _ = load_model(model, device)
-    _, identity = avatar_identity(generator, avatar, device)
-    settings = {"kind": "render --sequence", "model": model_key(model), "seed": avatar.seed, "trunc": avatar.psi,
-                "trunc_cutoff": avatar.trunc_cutoff, "sequence": str(Path(sequence).resolve()),
-                "camera": seq.camera or "auto", "flame_model": model_key(seq.flame_model) if seq.flame_model else None,
-                "smooth_camera": seq.smooth_camera, "yaw": yaw, "pitch": pitch, "fov": fov, "sample_seed": sample_seed,
-                "image_mode": seq.image_mode}
-    if avatar.latent:  # only then, so settings of renders from seeds stay as they were (resume compares them)
-        settings["latent"] = model_key(avatar.latent)
+    loaded = load_model(model, device)
+    _check_sequence_head(loaded, head, sequence, flame)
+    _, identity = avatar_identity(loaded.generator, avatar, device)
+    settings = render_record(model, avatar, head, kind="render --sequence", sequence=str(Path(sequence).resolve()),
+                             camera=seq.camera or "auto", smooth_camera=seq.smooth_camera, yaw=yaw, pitch=pitch,
+                             fov=fov, sample_seed=sample_seed, image_mode=seq.image_mode)
     click.echo(f"{source.description}: {len(source)} frames, {track.description}", err=True)
-    result = render_sequence(generator, identity, source, seq.out_dir, frame_range=frame_range, batch_size=seq.batch,
-                             overwrite=seq.overwrite, seed=sample_seed, progress=not seq.quiet,
+    result = render_sequence(loaded.generator, identity, source, seq.out_dir, frame_range=frame_range,
+                             batch_size=seq.batch, overwrite=seq.overwrite, seed=sample_seed, progress=not seq.quiet,
                              write_video=not seq.no_video, fps=fps, image_mode=seq.image_mode, settings=settings)
     click.echo(result.summary())
+
+
+def _check_sequence_head(loaded, head, sequence: str, flame: FlameFiles) -> None:
+    """The sequence's head against the model's topology before any frame: the FLAME model of an animation, or the
+    first OBJ of a mesh folder (arrays carry no faces; their vertex count is checked per frame)."""
+    if head is not None:
+        check_head(loaded, head.faces, head.n_vertices,
+                   f"the FLAME model {head.description}" if flame.model else "the built-in head", flame)
+        return
+    if Path(sequence).is_dir():
+        from ..flame.animation import list_obj_sequence
+        from ..session import read_obj_faces
+
+        pairs = list_obj_sequence(sequence)
+        if pairs:
+            first = pairs[0][0]
+            check_head(loaded, read_obj_faces(first), loaded.generator.config.n_vertices, f"the mesh {first.name}",
+                       flame, mesh_file=True)

@@ -8,9 +8,9 @@ from typing import Optional
 
 import click
 
-from .loaders import avatar_identity, load_model, mesh_input, model_key, set_threads
-from .options import (THREADS_NOTE, Avatar, MeshFiles, avatar_seeds_options, device_option, mesh_options, model_option,
-                      threads_option)
+from .loaders import avatar_identity, check_output_dir, head_mesh, load_model, render_record, set_threads
+from .options import (THREADS_NOTE, Avatar, FlameFiles, MeshFiles, avatar_seeds_options, device_option, flame_options,
+                      mesh_options, model_option, threads_option)
 
 
 @click.command("video")
@@ -19,6 +19,8 @@ from .options import (THREADS_NOTE, Avatar, MeshFiles, avatar_seeds_options, dev
 @click.option("--frames", default=240, show_default=True, type=click.IntRange(min=1),
               help="Frames per seed (gen_videos --w-frames); the orbit period is half the video.")
 @mesh_options()
+@flame_options("makes the head: its neutral head, or the first frame of a --mesh animation (the head's global "
+               "rotation is not used: the orbit moves the camera)")
 @click.option("--fps", default=60.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="Video frame rate (gen_videos: 60).")
 @click.option("--image-mode", type=click.Choice(["image", "image_raw", "image_depth"]), default="image",
@@ -35,9 +37,10 @@ from .options import (THREADS_NOTE, Avatar, MeshFiles, avatar_seeds_options, dev
 @click.option("--overwrite", is_flag=True, help="Re-render frames left in --frames-dir by an earlier run.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @threads_option(THREADS_NOTE)
-def video_command(model: Optional[str], avatar: Avatar, frames: int, mesh: MeshFiles, fps: float, image_mode: str,
-                  sample_mult: float, sample_seed: int, batch: int, device: str, out: str, frames_dir: Optional[str],
-                  keep_frames: bool, overwrite: bool, quiet: bool, threads: Optional[int]) -> None:
+def video_command(model: Optional[str], avatar: Avatar, frames: int, mesh: MeshFiles, flame: FlameFiles, fps: float,
+                  image_mode: str, sample_mult: float, sample_seed: int, batch: int, device: str, out: str,
+                  frames_dir: Optional[str], keep_frames: bool, overwrite: bool, quiet: bool,
+                  threads: Optional[int]) -> None:
     """Orbit video of avatars on one fixed mesh, as the official gen_videos script (camera yaw 0.35 and pitch
     0.25 radians about the frontal view, two orbits per video).
 
@@ -45,6 +48,9 @@ def video_command(model: Optional[str], avatar: Avatar, frames: int, mesh: MeshF
 
     \b
     Example: next3d video --model next3d_ffhq_512.pkl --mesh demo.obj --seeds 0 --frames 120 --out orbit.mp4
+
+    \b
+    Example: next3d video --model next3d_ffhq_512.pkl --flame-model FLAME2020/generic_model.pkl --out orbit.mp4
     """
     import numpy as np
     import torch
@@ -60,12 +66,14 @@ def video_command(model: Optional[str], avatar: Avatar, frames: int, mesh: MeshF
     if out_path.suffix.lower() not in VIDEO_SUFFIXES:
         raise click.BadParameter(f"the video name must end in {' or '.join(VIDEO_SUFFIXES)}, e.g. orbit.mp4.",
                                  param_hint="--out")
-    ensure_writable_dir(out_path.resolve().parent)
+    check_output_dir(out_path.resolve().parent)
     frames_dir = Path(frames_dir) if frames_dir else out_path.with_name(out_path.stem + "_frames")
-    ensure_writable_dir(frames_dir)
+    check_output_dir(frames_dir)
 
-    generator, default_v = load_model(model, device)
-    v = mesh_input(mesh, default_v)
+    loaded = load_model(model, device)
+    generator = loaded.generator
+    head = head_mesh(mesh, flame, loaded)
+    v = head.v
     _set_sample_mult(generator, sample_mult)
     cfg = generator.config
     cond = video_conditioning_label(radius=cfg.avg_camera_radius, pivot=cfg.avg_camera_pivot)
@@ -90,12 +98,11 @@ def video_command(model: Optional[str], avatar: Avatar, frames: int, mesh: MeshF
         def ws_of(i):
             return torch.from_numpy(np.asarray(interp(i / frames), dtype=np.float32))
     source = StaticMeshSource(v[0], n_frames, cameras, ws=ws_of)
-    settings = {"kind": "video", "model": model_key(model), "seeds": seeds, "frames": frames, "trunc": avatar.psi,
-                "trunc_cutoff": avatar.trunc_cutoff, "mesh": str(Path(mesh.mesh).resolve()) if mesh.mesh else None,
-                "image_mode": image_mode, "sample_mult": sample_mult, "sample_seed": sample_seed}
-    if avatar.latent:
-        settings["latent"] = model_key(avatar.latent)
+    settings = render_record(model, avatar, head.head, kind="video", seeds=seeds, frames=frames,
+                             mesh=str(Path(mesh.mesh).resolve()) if mesh.mesh else None, image_mode=image_mode,
+                             sample_mult=sample_mult, sample_seed=sample_seed)
     click.echo(f"{n_frames} frames ({len(seeds)} seeds x {frames}) into {frames_dir}", err=True)
+    ensure_writable_dir(out_path.resolve().parent)
     result = render_sequence(generator, identity, source, frames_dir, batch_size=batch, seed=sample_seed,
                              overwrite=overwrite, progress=not quiet, write_video=True, fps=fps, image_mode=image_mode,
                              video_path=out_path, settings=settings)

@@ -3,8 +3,10 @@
 Spaces:
   * FLAME space: metres, x towards the subject's left, y up, z out of the face.
   * EG3D world (docs/flame.md#placement-in-the-generator-world, docs/camera.md#labels): the generator's orthographic
-    rasterisation places the FLAME mesh at world = 2.5 * (x, y + 0.01, z) in its front and side views (the top
-    view shifts z by -0.01 as well). Cameras are
+    rasterisation places the FLAME mesh at world = (box_warp * orth_scale / 2) * (x + sx, y - sy, z) in its front
+    and side views (the top view adds sz to z as well), with the model's own orth_scale and orth_shift
+    (sx, sy, sz): 2.5 * (x, y + 0.01, z) for the official settings. `Placement` holds this for one model
+    (`Placement.of(generator)`); every function here takes one and defaults to the official settings. Cameras are
     OpenCV cam2world 4x4 matrices (x right, y down, z = viewing direction) in that y-up world.
 
 Head pose: the generator was trained on meshes with the global rotation zeroed (DECA sets pose[:, :3] = 0), so a
@@ -20,30 +22,78 @@ and approximate for the lower neck; leave it out to bend the neck in the mesh in
 
 from __future__ import annotations
 
-from typing import Optional
+from dataclasses import dataclass
+from typing import Any, Optional, Tuple
 
+import numpy as np
 import torch
 
 from ..checks import check_tensor
 from ..errors import InputError
 from .params import axis_angle_to_matrix
 
-__all__ = ["FLAME_TO_WORLD_SCALE", "VIEW_OFFSETS", "flame_to_world", "world_to_flame", "head_pose_transform",
-           "flame_transform_to_world", "fold_head_pose_into_camera", "fold_head_pose_into_label"]
+__all__ = ["Placement", "OFFICIAL_PLACEMENT", "FLAME_TO_WORLD_SCALE", "VIEW_OFFSETS", "flame_to_world",
+           "world_to_flame", "camera_to_world", "head_pose_transform", "flame_transform_to_world",
+           "fold_head_pose_into_camera", "fold_head_pose_into_label"]
 
-FLAME_TO_WORLD_SCALE = 2.5
-# FLAME-space offsets added before scaling, per orthographic view of the generator (docs/flame.md).
-VIEW_OFFSETS = {
-    "front": (0.0, 0.01, 0.0),
-    "side": (0.0, 0.01, 0.0),
-    "top": (0.0, 0.01, -0.01),
-}
+VIEWS = ("front", "side", "top")
 
 
-def _offset(view: str, like: torch.Tensor) -> torch.Tensor:
-    if view not in VIEW_OFFSETS:
-        raise InputError(f"Unknown view {view!r}; use one of {', '.join(VIEW_OFFSETS)}.")
-    return torch.tensor(VIEW_OFFSETS[view], dtype=like.dtype, device=like.device)
+@dataclass(frozen=True)
+class Placement:
+    """Where a generator's orthographic views put FLAME points in its world
+    (docs/flame.md#placement-in-the-generator-world): world = scale * (p + offset(view)), scale =
+    box_warp * orth_scale / 2 and offset (sx, -sy, 0) in the front and side views, (sx, -sy, sz) in the top view,
+    for orth_shift (sx, sy, sz).
+
+    The front view fixes x and y, so code that needs one placement uses it (the default view everywhere)."""
+
+    orth_scale: float = 5.0
+    orth_shift: Tuple[float, float, float] = (0.0, -0.01, -0.01)
+    box_warp: float = 1.0
+
+    @classmethod
+    def of(cls, source: Any = None) -> "Placement":
+        """The placement of a generator, a Next3DConfig, a Placement, or (None) the official settings."""
+        if source is None or isinstance(source, Placement):
+            return source or OFFICIAL_PLACEMENT
+        config = getattr(source, "config", source)
+        try:
+            return cls(float(config.orth_scale), tuple(float(x) for x in config.orth_shift),
+                       float(config.rendering.box_warp))
+        except (AttributeError, TypeError, ValueError):
+            raise InputError(f"{type(source).__name__} is not a generator or its config; a placement needs the "
+                             "model's orth_scale, orth_shift and box_warp.") from None
+
+    @property
+    def scale(self) -> float:
+        return 0.5 * self.box_warp * self.orth_scale
+
+    def offset(self, view: str = "front") -> Tuple[float, float, float]:
+        if view not in VIEWS:
+            raise InputError(f"Unknown view {view!r}; use one of {', '.join(VIEWS)}.")
+        sx, sy, sz = self.orth_shift
+        return (sx, -sy, sz if view == "top" else 0.0)
+
+    def to_world(self, points: Any, view: str = "front") -> Any:
+        """FLAME points [..., 3] (torch tensor or numpy array) -> world, in the same type."""
+        return (points + _like(self.offset(view), points)) * self.scale
+
+    def to_flame(self, points: Any, view: str = "front") -> Any:
+        """World points [..., 3] -> FLAME space (the inverse of to_world)."""
+        return points / self.scale - _like(self.offset(view), points)
+
+
+def _like(values: Tuple[float, ...], like: Any) -> Any:
+    if isinstance(like, torch.Tensor):
+        return torch.tensor(values, dtype=like.dtype, device=like.device)
+    return np.asarray(values, dtype=np.asarray(like).dtype if np.asarray(like).dtype.kind == "f" else np.float64)
+
+
+OFFICIAL_PLACEMENT = Placement()
+FLAME_TO_WORLD_SCALE = OFFICIAL_PLACEMENT.scale   # 2.5, the official settings' scale
+# FLAME-space offsets added before scaling, per orthographic view, with the official settings (docs/flame.md).
+VIEW_OFFSETS = {view: OFFICIAL_PLACEMENT.offset(view) for view in VIEWS}
 
 
 def _points(name: str, points: torch.Tensor) -> torch.Tensor:
@@ -55,16 +105,23 @@ def _points(name: str, points: torch.Tensor) -> torch.Tensor:
     return points
 
 
-def flame_to_world(points: torch.Tensor, view: str = "front") -> torch.Tensor:
-    """FLAME-space points [..., 3] -> EG3D world: 2.5 * (p + offset of the view); 'front' is the default."""
-    points = _points("points", points)
-    return FLAME_TO_WORLD_SCALE * (points + _offset(view, points))
+def flame_to_world(points: torch.Tensor, view: str = "front", placement: Any = None) -> torch.Tensor:
+    """FLAME-space points [..., 3] -> EG3D world: scale * (p + offset of the view), of `placement` (a generator,
+    its config or a Placement; default the official 2.5 * (x, y + 0.01, z))."""
+    return Placement.of(placement).to_world(_points("points", points), view)
 
 
-def world_to_flame(points: torch.Tensor, view: str = "front") -> torch.Tensor:
+def world_to_flame(points: torch.Tensor, view: str = "front", placement: Any = None) -> torch.Tensor:
     """EG3D world points [..., 3] -> FLAME space (the inverse of flame_to_world)."""
-    points = _points("points", points)
-    return points / FLAME_TO_WORLD_SCALE - _offset(view, points)
+    return Placement.of(placement).to_flame(_points("points", points), view)
+
+
+def camera_to_world(cam2world: Any, placement: Any = None) -> Any:
+    """Cameras [..., 4, 4] (numpy or torch) posed in FLAME space -> EG3D world: the same rotation, the position
+    placed like the mesh (front view)."""
+    out = cam2world.clone() if isinstance(cam2world, torch.Tensor) else np.array(cam2world, dtype=np.float64)
+    out[..., :3, 3] = Placement.of(placement).to_world(out[..., :3, 3])
+    return out
 
 
 def _batched(name: str, x: torch.Tensor, tail: tuple) -> torch.Tensor:
@@ -119,20 +176,21 @@ def head_pose_transform(global_rot_aa: torch.Tensor, pivot: torch.Tensor, neck_r
     return m
 
 
-def flame_transform_to_world(m: torch.Tensor, view: str = "front") -> torch.Tensor:
+def flame_transform_to_world(m: torch.Tensor, view: str = "front", placement: Any = None) -> torch.Tensor:
     """A FLAME-space rigid transform [B, 4, 4] expressed in EG3D world coordinates (same rotation, scaled shift)."""
     check_tensor("m", m, [None, 4, 4])
-    offset = _offset(view, m)
+    place = Placement.of(placement)
+    offset = _like(place.offset(view), m)
     out = m.clone()
     rot = m[:, :3, :3]
     # world(p) = s (p + o): M_w = [R, s (t + o - R o)]
-    out[:, :3, 3] = FLAME_TO_WORLD_SCALE * (m[:, :3, 3] + offset - (rot @ offset))
+    out[:, :3, 3] = place.scale * (m[:, :3, 3] + offset - (rot @ offset))
     return out
 
 
 def fold_head_pose_into_camera(cam2world: torch.Tensor, global_rot_aa: torch.Tensor,
                                neck_rot_aa: Optional[torch.Tensor] = None, *, pivot: torch.Tensor,
-                               neck_pivot: Optional[torch.Tensor] = None) -> torch.Tensor:
+                               neck_pivot: Optional[torch.Tensor] = None, placement: Any = None) -> torch.Tensor:
     """Move the camera instead of the head.
 
     Args:
@@ -141,13 +199,14 @@ def fold_head_pose_into_camera(cam2world: torch.Tensor, global_rot_aa: torch.Ten
         neck_rot_aa: optional [B, 3] neck rotation to fold as well (then evaluate FLAME with include_neck=False).
         pivot: [B, 3] or [3] FLAME root joint in FLAME space (FlameOutput.joints[:, 0]).
         neck_pivot: [B, 3] or [3] neck joint in FLAME space (FlameOutput.joints[:, 1]); needed with neck_rot_aa.
+        placement: the generator (or its config, or a Placement) whose world the camera is in; default official.
     Returns:
         [B, 4, 4] cam2world C' = M^-1 C, so that the unrotated head seen from C' looks exactly like the rotated head
         seen from C.
     """
     cam2world = _batched("cam2world", cam2world, (4, 4))
     m = head_pose_transform(global_rot_aa, pivot, neck_rot_aa, neck_pivot)
-    m_world = flame_transform_to_world(m.to(cam2world.dtype))
+    m_world = flame_transform_to_world(m.to(cam2world.dtype), placement=placement)
     rot, shift = m_world[:, :3, :3], m_world[:, :3, 3:]
     inv = torch.zeros_like(m_world)
     inv[:, :3, :3] = rot.transpose(1, 2)
@@ -159,10 +218,10 @@ def fold_head_pose_into_camera(cam2world: torch.Tensor, global_rot_aa: torch.Ten
 
 def fold_head_pose_into_label(label: torch.Tensor, global_rot_aa: torch.Tensor,
                               neck_rot_aa: Optional[torch.Tensor] = None, *, pivot: torch.Tensor,
-                              neck_pivot: Optional[torch.Tensor] = None) -> torch.Tensor:
+                              neck_pivot: Optional[torch.Tensor] = None, placement: Any = None) -> torch.Tensor:
     """fold_head_pose_into_camera on generator camera labels [B, 25] (cam2world 16 + intrinsics 9)."""
     label = _batched("label", label, (25,))
     cam = fold_head_pose_into_camera(label[:, :16].reshape(-1, 4, 4), global_rot_aa, neck_rot_aa, pivot=pivot,
-                                     neck_pivot=neck_pivot)
+                                     neck_pivot=neck_pivot, placement=placement)
     intr = label[:, 16:].expand(cam.shape[0], -1)
     return torch.cat([cam.reshape(-1, 16), intr], dim=1)

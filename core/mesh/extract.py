@@ -48,13 +48,14 @@ import torch
 import torch.nn as nn
 
 from ..errors import InputError
+from ..flame.conversions import OFFICIAL_PLACEMENT, Placement
 from .extracted import ExtractedMesh
 
 OFFICIAL_LEVEL = 10.0           # gen_samples / shape_utils default iso-level
 OFFICIAL_PAD_VALUE = -1000.0    # value written into the trimmed border
 OFFICIAL_CHUNK = 1_000_000      # points per G.sample call in gen_samples
-DEFAULT_ORTH_SCALE = 5.0
-DEFAULT_ORTH_SHIFT = (0.0, -0.01, -0.01)
+DEFAULT_ORTH_SCALE = OFFICIAL_PLACEMENT.orth_scale
+DEFAULT_ORTH_SHIFT = OFFICIAL_PLACEMENT.orth_shift
 
 ProgressFn = Callable[[int, int], None]
 DensityFn = Callable[[torch.Tensor], Union[torch.Tensor, np.ndarray]]
@@ -79,34 +80,29 @@ def world_to_voxels(points: np.ndarray, resolution: int, box_size: float = 1.0) 
     return (np.asarray(points, np.float64) + box_size / 2) * ((resolution - 1) / box_size)
 
 
-def _flame_scale(box_warp: float, orth_scale: float) -> float:
-    return 0.5 * box_warp * orth_scale
+def _placement(box_warp: float, orth_scale: float, orth_shift: Sequence[float]) -> Placement:
+    return Placement(float(orth_scale), tuple(float(x) for x in orth_shift), float(box_warp))
 
 
 def world_to_flame(points, box_warp: float = 1.0, orth_scale: float = DEFAULT_ORTH_SCALE,
                    orth_shift: Sequence[float] = DEFAULT_ORTH_SHIFT) -> np.ndarray:
-    """EG3D world -> FLAME units: the inverse of the front-view placement (docs/flame.md). With the official settings,
-    flame = world / 2.5 - (0, 0.01, 0). The front view fixes x and y; z has no exact counterpart (the side and
-    top planes are crossed, docs/official_quirks.md#crossed-planes), so it uses the same scale with no shift."""
-    k = _flame_scale(box_warp, orth_scale)
-    p = np.asarray(points, np.float64) / k
-    return p + np.array([-orth_shift[0], orth_shift[1], 0.0])
+    """EG3D world -> FLAME units: the inverse of the front-view placement (core.flame.conversions.Placement,
+    docs/flame.md). With the official settings, flame = world / 2.5 - (0, 0.01, 0). The front view fixes x and y;
+    z has no exact counterpart (the side and top planes are crossed, docs/official_quirks.md#crossed-planes), so it
+    uses the same scale with no shift."""
+    return _placement(box_warp, orth_scale, orth_shift).to_flame(np.asarray(points, np.float64))
 
 
 def flame_to_world(points, box_warp: float = 1.0, orth_scale: float = DEFAULT_ORTH_SCALE,
                    orth_shift: Sequence[float] = DEFAULT_ORTH_SHIFT) -> np.ndarray:
     """FLAME units -> EG3D world: 2.5 (x, y + 0.01, z) with the official settings (see `world_to_flame`)."""
-    k = _flame_scale(box_warp, orth_scale)
-    p = np.asarray(points, np.float64) - np.array([-orth_shift[0], orth_shift[1], 0.0])
-    return p * k
+    return _placement(box_warp, orth_scale, orth_shift).to_world(np.asarray(points, np.float64))
 
 
 def _conversion(generator) -> dict:
-    if generator is None:
-        return dict(box_warp=1.0, orth_scale=DEFAULT_ORTH_SCALE, orth_shift=DEFAULT_ORTH_SHIFT)
-    cfg = generator.config
-    return dict(box_warp=float(cfg.rendering.box_warp), orth_scale=float(cfg.orth_scale),
-                orth_shift=tuple(float(x) for x in cfg.orth_shift))
+    """The placement of `generator` (None: the official settings) as the keyword arguments of world_to_flame."""
+    place = Placement.of(generator)
+    return dict(box_warp=place.box_warp, orth_scale=place.orth_scale, orth_shift=place.orth_shift)
 
 
 def official_padding(resolution: int) -> int:

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from ..checks import check_tensor
 from ..errors import InputError
+from ..flame.conversions import Placement
 from ..rendering.rasterize import rasterize
 
 __all__ = ["flame_to_world", "project_points", "vertex_normals", "MeshFragments", "rasterize_mesh",
@@ -36,11 +37,9 @@ MESH_CONDITION_CHANNELS = 3
 
 def flame_to_world(points: torch.Tensor, orth_scale: float = 5.0,
                    orth_shift: Sequence[float] = (0.0, -0.01, -0.01), box_warp: float = 1.0) -> torch.Tensor:
-    """FLAME-space points [..., 3] -> EG3D world, as the generator's front view maps them."""
-    s = float(orth_scale) * float(box_warp) / 2.0
-    offset = torch.tensor([float(orth_shift[0]), -float(orth_shift[1]), 0.0], dtype=points.dtype,
-                          device=points.device)
-    return (points + offset) * s
+    """FLAME-space points [..., 3] -> EG3D world, as the generator's front view maps them
+    (core.flame.conversions.Placement)."""
+    return Placement(float(orth_scale), tuple(float(x) for x in orth_shift), float(box_warp)).to_world(points)
 
 
 def _camera(c: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

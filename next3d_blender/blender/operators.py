@@ -19,12 +19,13 @@ from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, St
 from bpy.types import Operator
 
 from ..core.errors import InputError, Next3DError
-from ..engine.heads import DEFAULT_HEAD_NAME, head_arrays
+from ..engine.heads import DEFAULT_HEAD_NAME, head_arrays, head_names
 from ..engine.job_specs import InvertJob, MeshJob, PreviewJob, RenderJob
 from . import rig, runner
 from .preferences import get_preferences
 from .results import RENDER_IMAGE, MeshBuilder, apply_photo_avatar, store_image
-from .scene import cache_dir, check_writable, default_avatar_folder, head_spec, model_spec, output_dir, prepare
+from .scene import (cache_dir, check_writable, default_avatar_folder, find_head, head_spec, model_spec, output_dir,
+                    prepare)
 
 MODES = (("AUTO", "Auto", "Synchronous in background mode, in the worker with a UI"),
          ("SYNC", "Synchronous", "Block until done"),
@@ -45,8 +46,10 @@ def report_task(op: Operator, task: runner.Task, extra_warnings: List[str]) -> N
 # ------------------------------------------------------------------------------------------------ rig
 
 class NEXT3D_OT_add_head(Operator):
-    """Add a FLAME head: a mesh with shape keys (shape, expression, pose correctives) on an armature with the bones
-    root, neck, jaw, left_eye and right_eye, at the 3D cursor"""
+    """Add a head of the chosen model's topology (FLAME, from the FLAME model set in the preferences, or the
+    built-in head for the bundled model): a mesh with shape keys (shape, expression, bone-driven pose correctives)
+    on an armature with the bones root, neck, jaw, left_eye and right_eye, at the 3D cursor. It becomes the scene's
+    rendered head"""
 
     bl_idname = "next3d.add_head"
     bl_label = "Add FLAME Head"
@@ -67,7 +70,9 @@ class NEXT3D_OT_add_head(Operator):
             spec = head_spec(get_preferences(context))
             arrays = head_arrays(spec, cache_dir=cache_dir() or None)
             name = DEFAULT_HEAD_NAME if spec.kind == "default" else Path(spec.model_path).stem
-            rig.build_rig(context, arrays, name, add_camera=self.add_camera and context.scene.camera is None)
+            arm = rig.build_rig(context, arrays, name, add_camera=self.add_camera and context.scene.camera is None,
+                                names=head_names(spec))
+            context.scene.next3d.head = rig.find_rig(arm).mesh
         except Next3DError as exc:
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
@@ -75,9 +80,20 @@ class NEXT3D_OT_add_head(Operator):
         return {"FINISHED"}
 
 
-def _rig_or_report(op: Operator, context) -> Optional[rig.Rig]:
+def editing_rig(context) -> rig.Rig:
+    """The rig editing operators act on: the selected one (as Blender's own operators), else the scene's head."""
     try:
         return rig.find_rig(context.active_object)
+    except Next3DError as exc:
+        try:
+            return find_head(context)
+        except Next3DError:
+            raise exc from None
+
+
+def _rig_or_report(op: Operator, context) -> Optional[rig.Rig]:
+    try:
+        return editing_rig(context)
     except Next3DError as exc:
         op.report({"ERROR"}, str(exc))
         return None
@@ -242,14 +258,14 @@ class NEXT3D_OT_render_animation(_JobOperator, Operator):
     def execute(self, context):
         scene = context.scene
         try:
-            the_rig = rig.find_rig(context.active_object)
+            the_rig = find_head(context)
             numbers, seq_first, seq_last, keyframes_only = self._numbers(context, the_rig)
             # The whole scene range is the sequence a video covers, so split renders (render farms) assemble it.
             if not keyframes_only:
                 seq_first, seq_last = min(scene.frame_start, numbers[0]), max(scene.frame_end, numbers[-1])
             folder = output_dir(scene)
             check_writable(folder)
-            frames = prepare(context, numbers)
+            frames = prepare(context, numbers, the_rig)
             fps = scene.render.fps / (scene.render.fps_base or 1.0)
             job = frames.job(RenderJob, out_dir=str(folder), overwrite=bool(scene.next3d.overwrite),
                              write_video=bool(scene.next3d.write_video), fps=fps, sequence_first=seq_first,
@@ -358,10 +374,12 @@ class NEXT3D_OT_avatar_from_photo(_JobOperator, Operator):
                             vgg16_path=bpy.path.abspath(prefs.vgg16_path) if prefs.vgg16_path else "",
                             lpips_path=bpy.path.abspath(prefs.lpips_path) if prefs.lpips_path else "",
                             threads=int(prefs.threads))
-            try:
-                target_rig = rig.find_rig(context.active_object) if self.apply_shape else None
-            except Next3DError:
-                target_rig = None
+            target_rig = None
+            if self.apply_shape:
+                try:
+                    target_rig = editing_rig(context)
+                except Next3DError:
+                    target_rig = None
             rig_name = target_rig.mesh.name if target_rig is not None else ""
             scene_name = scene.name
 
@@ -400,7 +418,7 @@ class NEXT3D_OT_extract_mesh(_JobOperator, Operator):
     def execute(self, context):
         scene = context.scene
         try:
-            the_rig = rig.find_rig(context.active_object)
+            the_rig = find_head(context)
             if scene.next3d.mesh_frames == "KEYFRAMES":
                 numbers = rig.keyframe_numbers(the_rig)
                 if not numbers:
@@ -408,7 +426,7 @@ class NEXT3D_OT_extract_mesh(_JobOperator, Operator):
                                      "current frame.")
             else:
                 numbers = [scene.frame_current]
-            frames = prepare(context, numbers)
+            frames = prepare(context, numbers, the_rig)
             job = frames.job(MeshJob, resolution=int(scene.next3d.mesh_resolution))
             builder = MeshBuilder(scene, frames.rig, frames.heads, sequence=len(numbers) > 1)
             task = runner.Task(job, frames.arrays, "Extract mesh", on_mesh=builder.add)

@@ -1,10 +1,13 @@
 """The "Next3D" tab of the 3D viewport's sidebar: Model, Rig, Avatar, Render, Mesh. Panels only lay out."""
 
 import bpy
-from bpy.types import Panel
+from bpy.types import Panel, UIList
 
 from . import runner
 from .preferences import draw_model_settings, get_preferences
+from .rig import EXPR_PREFIX, is_key_of
+
+ROTATION_PROPERTY = {"QUATERNION": "rotation_quaternion", "AXIS_ANGLE": "rotation_axis_angle"}   # else Euler
 
 
 class _Next3DPanel:
@@ -14,10 +17,11 @@ class _Next3DPanel:
 
 
 def _rig_of(context):
-    from .rig import find_rig
+    """The rig the editing operators act on (operators.editing_rig), or None."""
+    from .operators import editing_rig
 
     try:
-        return find_rig(context.active_object)
+        return editing_rig(context)
     except Exception:  # noqa: BLE001 - drawing must never fail; no rig simply shows less
         return None
 
@@ -37,6 +41,20 @@ def _job_status(layout, kinds=None) -> None:
         box.label(text=task.error[:120], icon="ERROR")
     else:
         box.label(text=task.status, icon="CHECKMARK")
+
+
+class NEXT3D_UL_expression_keys(UIList):
+    """The rig's expression keys (Exp followed by a digit, whatever their numbering and names), with sliders."""
+
+    def draw_item(self, context, layout, data, item, icon, active_data, active_propname, index):
+        layout.prop(item, "value", text=item.name, slider=True)
+
+    def filter_items(self, context, data, propname):
+        keys = getattr(data, propname)
+        by_name = bpy.types.UI_UL_list.filter_items_by_name(self.filter_name, self.bitflag_filter_item, keys, "name")
+        flags = [(by_name[i] if by_name else self.bitflag_filter_item) if is_key_of(kb.name, EXPR_PREFIX) else 0
+                 for i, kb in enumerate(keys)]
+        return flags, []
 
 
 class NEXT3D_PT_model(_Next3DPanel, Panel):
@@ -66,19 +84,16 @@ class NEXT3D_PT_rig(_Next3DPanel, Panel):
         row.operator("next3d.random_shape", icon="MOD_NOISE")
         row.operator("next3d.reset_shape", text="Reset Shape")
         layout.operator("next3d.reset_expression", icon="LOOP_BACK")
-        keys = the_rig.mesh.data.shape_keys.key_blocks
-        col = layout.column(align=True)
-        col.label(text="Expression")
-        for kb in keys:
-            if kb.name.startswith("Exp") and kb.name[3:].isdigit() and int(kb.name[3:]) <= 10:
-                col.prop(kb, "value", text=kb.name, slider=True)
+        layout.label(text="Expression")
+        layout.template_list("NEXT3D_UL_expression_keys", "", the_rig.mesh.data.shape_keys, "key_blocks",
+                             the_rig.mesh, "active_shape_key_index", rows=5)
         if the_rig.armature is not None:
             col = layout.column(align=True)
             col.label(text="Pose (keyframe these)")
             for name in ("jaw", "left_eye", "right_eye", "neck"):
                 pb = the_rig.armature.pose.bones.get(name)
-                if pb is not None and pb.rotation_mode not in ("QUATERNION", "AXIS_ANGLE"):
-                    col.prop(pb, "rotation_euler", text=name)
+                if pb is not None:
+                    col.prop(pb, ROTATION_PROPERTY.get(pb.rotation_mode, "rotation_euler"), text=name)
 
 
 class NEXT3D_PT_avatar(_Next3DPanel, Panel):
@@ -112,6 +127,7 @@ class NEXT3D_PT_render(_Next3DPanel, Panel):
         settings = scene.next3d
         layout.operator("next3d.render_frame", icon="RENDER_STILL")
         col = layout.column()
+        col.prop(settings, "head")
         col.prop(settings, "frame_source")
         row = col.row(align=True)
         row.prop(scene, "frame_start")
@@ -137,4 +153,5 @@ class NEXT3D_PT_mesh(_Next3DPanel, Panel):
         layout.operator("next3d.extract_mesh", icon="MESH_DATA")
 
 
-CLASSES = (NEXT3D_PT_model, NEXT3D_PT_rig, NEXT3D_PT_avatar, NEXT3D_PT_render, NEXT3D_PT_mesh)
+CLASSES = (NEXT3D_UL_expression_keys, NEXT3D_PT_model, NEXT3D_PT_rig, NEXT3D_PT_avatar, NEXT3D_PT_render,
+           NEXT3D_PT_mesh)

@@ -27,8 +27,12 @@ class NEXT3D_AddonPreferences(AddonPreferences):
     project_path: StringProperty(name="Model File", description="A next3d .safetensors model", subtype="FILE_PATH")
     flame_model_path: StringProperty(name="FLAME Model", description="FLAME 2020 generic_model.pkl (or a converted "
                                      ".npz), from flame.is.tue.mpg.de", subtype="FILE_PATH")
-    flame_landmark_path: StringProperty(name="Landmarks", description="DECA landmark_embedding.npy, or FLAME's "
-                                        "flame_static_embedding.pkl", subtype="FILE_PATH")
+    flame_landmark_path: StringProperty(name="Landmarks", description="DECA's landmark_embedding.npy, or FLAME's "
+                                        "flame_static_embedding.pkl (with the dynamic one below). Empty: found beside "
+                                        "the FLAME model under these names", subtype="FILE_PATH")
+    flame_dynamic_path: StringProperty(name="Dynamic Landmarks", description="FLAME's flame_dynamic_embedding.npy, "
+                                       "with flame_static_embedding.pkl above. Empty: found beside the FLAME model",
+                                       subtype="FILE_PATH")
     device: EnumProperty(name="Device", items=DEVICES, default="CPU")
     vgg16_path: StringProperty(name="VGG16 Weights", description="torchvision vgg16 weights (.pth or .safetensors) "
                                "for the perceptual loss of 'Avatar from Photo'; empty: pixel and structural losses",
@@ -54,10 +58,12 @@ def draw_model_settings(layout, prefs) -> None:
     col.prop(prefs, "model_source")
     if prefs.model_source == "OFFICIAL":
         col.prop(prefs, "official_path")
-        col.prop(prefs, "flame_model_path")
-        col.prop(prefs, "flame_landmark_path")
     elif prefs.model_source == "PROJECT":
         col.prop(prefs, "project_path")
+    if prefs.model_source != "DEFAULT":
+        col.prop(prefs, "flame_model_path")
+        col.prop(prefs, "flame_landmark_path")
+        col.prop(prefs, "flame_dynamic_path")
     col.prop(prefs, "device")
 
 
@@ -65,7 +71,7 @@ class _Defaults:
     """Preference values when the package runs without being enabled as an add-on (development)."""
 
     model_source = "DEFAULT"
-    official_path = project_path = flame_model_path = flame_landmark_path = python_path = ""
+    official_path = project_path = flame_model_path = flame_landmark_path = flame_dynamic_path = python_path = ""
     vgg16_path = lpips_path = ""
     device = "CPU"
     threads = 0

@@ -18,7 +18,14 @@ AVATAR_SOURCES = (
 )
 
 
+def _is_mesh(_settings, obj) -> bool:
+    return obj.type == "MESH"
+
+
 class NEXT3D_PG_scene(PropertyGroup):
+    head: PointerProperty(name="Head", type=bpy.types.Object, poll=_is_mesh,
+                          description="The head mesh the renders and extracted meshes use (Add FLAME Head sets it); "
+                          "empty: the only head in the view layer")
     avatar_source: EnumProperty(name="Avatar", items=AVATAR_SOURCES, default="SEED")
     avatar_folder: StringProperty(name="Avatar Folder", description="Folder written by 'Avatar from Photo' "
                                   "(avatar.safetensors + latent.npy)", subtype="DIR_PATH")

@@ -1,6 +1,8 @@
-"""The FLAME rig in Blender: building it from head arrays, finding it from the selection, reading it per frame.
+"""The FLAME rig in Blender: building it from head arrays, finding it, editing its keys.
 
-Layout (names compatible with the FLAME Blender add-on, so rigs made with it are read the same way):
+Rendering reads the rig's evaluated mesh (scene.py), not its key values or bone angles, so a rig made here, one
+made by the FLAME Blender add-on, or any mesh of the model's topology renders as the viewport shows it. The layout
+built here keeps the FLAME add-on's names:
 
 * an armature object (the rig root) with bones root, neck, jaw, left_eye, right_eye at FLAME's joints; jaw and
   eyes hang from neck, neck from root. Bones point along +Y with zero roll, so their rest orientation is the
@@ -8,26 +10,27 @@ Layout (names compatible with the FLAME Blender add-on, so rigs made with it are
 * a mesh object parented to it (Armature modifier, one vertex group per bone from FLAME's skinning weights) whose
   data lives in FLAME space (metres, y up, face towards +z); the armature object carries a +90 degree X rotation so
   the head stands upright in Blender's z-up world.
-* shape keys Basis, Shape1..ShapeS, Exp1..ExpE (1-based, slider range -10..10) and Pose1..Pose36 correctives when
-  the head has non-zero pose directions.
+* shape keys Basis, Shape1..ShapeS and Exp1..ExpE (slider range -10..10; suffixed with what they do where the
+  head's file says, e.g. Exp4_smile_left), and the pose correctives Pose1..Pose36: FLAME's 4 posed joints x 9,
+  key 9 j + 3 a + b + 1 being element (a, b) of R - I for joint j (neck, jaw, left eye, right eye), as in FLAME's
+  pose feature and the FLAME add-on's Pose1..Pose18 (neck and jaw). Here they are driven by the bones' evaluated
+  rotations (constraints included) with simple expressions, which Blender evaluates without Python (so they work
+  with script auto-run off), and the viewport shows FLAME's correctives; components the head does not use are
+  left out.
 
-Per frame (`read_frame`): shape-key values -> shape and expression coefficients, jaw and eye bone rotations ->
-FLAME jaw and eye poses; the head's rigid motion in the world (object transform, root and neck bones) is returned as
-a matrix and folded into the camera (engine/convert.py's camera_in_head_space), as the generator wants a head
-with zero global pose.
+Editing operators find keys by prefix (Shape or Exp followed by a digit) in the order the rig has them, never by
+their numbers, which differ between rigs.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
 from ..core.errors import InputError
-from ..engine.convert import bone_rotation_in_parent_axes, matrix_to_axis_angle, matrix_to_numpy
 
 BONES = ("root", "neck", "jaw", "left_eye", "right_eye")     # FLAME joints 0..4
 BONE_PARENTS = (None, "root", "neck", "neck", "neck")
@@ -39,7 +42,11 @@ MESH_NAME = "FLAME-mesh"
 # The FFHQ camera (radius 2.7 about the EG3D origin, normalized focal 4.2647) in FLAME space, for "Add camera".
 FFHQ_CAMERA_FLAME_POSITION = (0.0, -0.01, 1.08)
 FFHQ_FOCAL = 4.2647
-_KEY_RE = re.compile(r"^(Shape|Exp|Pose)(\d+)$")
+POSED_JOINTS = ("neck", "jaw", "left_eye", "right_eye")       # FLAME's pose feature: joints 1..4, 9 values each
+# Element (a, b) of R - I for the unit quaternion (w, x, y, z) of a bone's rotation.
+_R_MINUS_I = (("-2*(y*y+z*z)", "2*(x*y-w*z)", "2*(x*z+w*y)"),
+              ("2*(x*y+w*z)", "-2*(x*x+z*z)", "2*(y*z-w*x)"),
+              ("2*(x*z-w*y)", "2*(y*z+w*x)", "-2*(x*x+y*y)"))
 
 
 @dataclass
@@ -61,8 +68,9 @@ class Rig:
 # ------------------------------------------------------------------------------------------------ building
 
 def build_rig(context, arrays: Dict[str, np.ndarray], head_name: str, *, add_camera: bool = False,
-              name: str = RIG_NAME):
-    """Create the armature + mesh + shape keys in the active collection at the 3D cursor; returns the armature."""
+              name: str = RIG_NAME, names: Optional[Mapping[str, Sequence[str]]] = None):
+    """Create the armature + mesh + shape keys in the active collection at the 3D cursor; returns the armature.
+    `names` ({"shape": ..., "expression": ...}) suffix the Shape and Exp keys with what they do."""
     import bpy
 
     from .datablocks import mesh_from_arrays
@@ -92,9 +100,10 @@ def build_rig(context, arrays: Dict[str, np.ndarray], head_name: str, *, add_cam
     arm_obj.rotation_euler = (math.pi / 2, 0.0, 0.0)
     mesh_obj.parent = arm_obj
 
-    _add_shape_keys(mesh_obj, v, arrays)
+    pose_keys = _add_shape_keys(mesh_obj, v, arrays, names or {})
     _add_bones(context, arm_obj, joints)
     _add_skinning(mesh_obj, arm_obj, np.asarray(arrays["weights"], np.float32))
+    _drive_pose_keys(mesh_obj, arm_obj, pose_keys)
     for pb in arm_obj.pose.bones:
         pb.rotation_mode = "XYZ"
     arm_obj.next3d.is_rig = True
@@ -113,21 +122,58 @@ def build_rig(context, arrays: Dict[str, np.ndarray], head_name: str, *, add_cam
     return arm_obj
 
 
-def _add_shape_keys(mesh_obj, v: np.ndarray, arrays: Dict[str, np.ndarray]) -> None:
+def _key_name(prefix: str, k: int, names: Sequence[str]) -> str:
+    return f"{prefix}{k + 1}_{names[k]}" if k < len(names) and names[k] else f"{prefix}{k + 1}"
+
+
+def _add_shape_keys(mesh_obj, v: np.ndarray, arrays: Dict[str, np.ndarray],
+                    names: Mapping[str, Sequence[str]]) -> Dict[int, str]:
+    """Basis, the Shape and Exp keys, and the pose correctives the head uses; returns {pose component: key name}."""
     basis = mesh_obj.shape_key_add(name="Basis", from_mix=False)
     basis.interpolation = "KEY_LINEAR"
-    groups = [(SHAPE_PREFIX, np.asarray(arrays["shapedirs"], np.float32)),
-              (EXPR_PREFIX, np.asarray(arrays["exprdirs"], np.float32))]
     posedirs = np.asarray(arrays["posedirs"], np.float32)
-    if np.any(posedirs):
-        groups.append((POSE_PREFIX, posedirs))
-    for prefix, dirs in groups:
+    groups = [(SHAPE_PREFIX, np.asarray(arrays["shapedirs"], np.float32), names.get("shape", ())),
+              (EXPR_PREFIX, np.asarray(arrays["exprdirs"], np.float32), names.get("expression", ()))]
+    pose_keys: Dict[int, str] = {}
+    for prefix, dirs, labels in groups:
         for k in range(dirs.shape[2]):
-            key = mesh_obj.shape_key_add(name=f"{prefix}{k + 1}", from_mix=False)
-            key.slider_min, key.slider_max = -SLIDER_RANGE, SLIDER_RANGE
-            key.data.foreach_set("co", (v + dirs[:, :, k]).reshape(-1))
-            key.value = 0.0
+            _new_key(mesh_obj, _key_name(prefix, k, labels), v + dirs[:, :, k])
+    for k in np.flatnonzero(np.abs(posedirs).reshape(-1, posedirs.shape[2]).max(axis=0) > 0):
+        pose_keys[int(k)] = _new_key(mesh_obj, f"{POSE_PREFIX}{k + 1}", v + posedirs[:, :, k]).name
     mesh_obj.data.shape_keys.name = f"{mesh_obj.name}-keys"
+    return pose_keys
+
+
+def _new_key(mesh_obj, name: str, co: np.ndarray):
+    key = mesh_obj.shape_key_add(name=name, from_mix=False)
+    key.slider_min, key.slider_max = -SLIDER_RANGE, SLIDER_RANGE
+    key.data.foreach_set("co", np.ascontiguousarray(co, dtype=np.float32).reshape(-1))
+    key.value = 0.0
+    return key
+
+
+def _drive_pose_keys(mesh_obj, arm_obj, pose_keys: Dict[int, str]) -> None:
+    """Each pose corrective follows its element of R - I of its bone's evaluated local rotation (LOCAL_SPACE:
+    constraints included, parent and rest pose not; the rest orientation is the identity, so that is FLAME's
+    joint rotation)."""
+    blocks = mesh_obj.data.shape_keys.key_blocks
+    for k, key_name in sorted(pose_keys.items()):
+        bone = POSED_JOINTS[k // 9]
+        expression = _R_MINUS_I[(k % 9) // 3][k % 3]
+        driver = blocks[key_name].driver_add("value").driver
+        driver.type = "SCRIPTED"
+        for channel in "wxyz":
+            if channel not in expression:
+                continue
+            var = driver.variables.new()
+            var.name, var.type = channel, "TRANSFORMS"
+            target = var.targets[0]
+            target.id = arm_obj
+            target.bone_target = bone
+            target.transform_type = f"ROT_{channel.upper()}"
+            target.rotation_mode = "QUATERNION"
+            target.transform_space = "LOCAL_SPACE"
+        driver.expression = expression
 
 
 def _add_bones(context, arm_obj, joints: np.ndarray) -> None:
@@ -187,13 +233,35 @@ def add_ffhq_camera(context, rig_obj):
 
 # ------------------------------------------------------------------------------------------------ finding
 
+def is_key_of(name: str, prefix: str) -> bool:
+    """A Shape/Exp/Pose key: the prefix followed by a digit (Exp1, Exp000, Exp4_smile_left; not 'Expanded')."""
+    return name.startswith(prefix) and name[len(prefix):len(prefix) + 1].isdigit()
+
+
 def _has_flame_keys(obj) -> bool:
     keys = getattr(getattr(obj, "data", None), "shape_keys", None)
-    return keys is not None and any(_KEY_RE.match(k.name) for k in keys.key_blocks)
+    return keys is not None and any(is_key_of(k.name, p) for k in keys.key_blocks for p in (SHAPE_PREFIX, EXPR_PREFIX))
+
+
+def deforming_armatures(mesh_obj) -> list:
+    """The armatures whose Armature modifiers deform the mesh in the viewport."""
+    out = []
+    for mod in mesh_obj.modifiers:
+        if mod.type == "ARMATURE" and mod.object is not None and mod.show_viewport and mod.object not in out:
+            out.append(mod.object)
+    return out
+
+
+def rig_of_mesh(obj) -> Rig:
+    arm = obj.parent if obj.parent is not None and obj.parent.type == "ARMATURE" else None
+    if arm is None:
+        armatures = deforming_armatures(obj)
+        arm = armatures[0] if armatures else None
+    return Rig(mesh=obj, armature=arm)
 
 
 def find_rig(obj) -> Rig:
-    """The FLAME rig that `obj` (the active object) belongs to: the armature or its head mesh."""
+    """The FLAME rig that `obj` (the selection, for editing operators) belongs to: the armature or its head mesh."""
     if obj is None:
         raise InputError("No FLAME rig is selected. Select the FLAME armature or its head mesh (or add one with "
                          "Next3D > Rig > Add FLAME Head).")
@@ -205,119 +273,39 @@ def find_rig(obj) -> Rig:
             raise InputError(f"The armature {obj.name!r} has no head mesh as a child; it is not a FLAME rig.")
         return Rig(mesh=meshes[0], armature=obj)
     if obj.type == "MESH":
-        arm = obj.parent if obj.parent is not None and obj.parent.type == "ARMATURE" else None
-        if arm is None:
-            for mod in obj.modifiers:
-                if mod.type == "ARMATURE" and mod.object is not None:
-                    arm = mod.object
-                    break
-        return Rig(mesh=obj, armature=arm)
+        return rig_of_mesh(obj)
     raise InputError(f"The active object {obj.name!r} is a {obj.type.lower()}, not a FLAME rig. Select the FLAME "
                      "armature or its head mesh.")
 
 
-def key_counts(mesh_obj) -> Dict[str, int]:
-    """Highest index of the Shape/Exp/Pose keys present."""
-    counts = {SHAPE_PREFIX: 0, EXPR_PREFIX: 0, POSE_PREFIX: 0}
+def looks_like_head(obj) -> bool:
+    """A mesh that is a head to render: built by Add FLAME Head, or with FLAME-style Shape/Exp keys, or deformed by
+    an armature with a jaw bone (the FLAME add-on's layout). Extracted meshes are not."""
+    if obj is None or obj.type != "MESH" or obj.next3d.mesh_frame:
+        return False
+    if obj.next3d.is_rig or _has_flame_keys(obj):
+        return True
+    return any("jaw" in arm.data.bones for arm in deforming_armatures(obj))
+
+
+def scene_heads(scene, view_layer) -> List[object]:
+    """The head meshes of the scene that the view layer shows."""
+    visible = set(view_layer.objects)
+    return [obj for obj in scene.objects if obj in visible and obj.visible_get(view_layer=view_layer)
+            and looks_like_head(obj)]
+
+
+# ------------------------------------------------------------------------------------------------ keys
+
+def keys_of(mesh_obj, prefix: str) -> list:
+    """The Shape, Exp or Pose keys of a mesh in the rig's order (for FLAME's, component order)."""
     keys = mesh_obj.data.shape_keys
-    if keys is not None:
-        for kb in keys.key_blocks:
-            m = _KEY_RE.match(kb.name)
-            if m:
-                counts[m.group(1)] = max(counts[m.group(1)], int(m.group(2)))
-    return counts
+    return [kb for kb in keys.key_blocks if is_key_of(kb.name, prefix)] if keys is not None else []
 
 
-def check_rig(rig: Rig, n_vertices: int, n_shape: int, n_expr: int) -> List[str]:
-    """Raise InputError for a rig the head model cannot drive; return warnings for what is ignored."""
-    mesh = rig.mesh.data
-    if len(mesh.vertices) != n_vertices:
-        raise InputError(f"The mesh {rig.mesh.name!r} has {len(mesh.vertices)} vertices, but the head model has "
-                         f"{n_vertices}. Use a rig made by 'Add FLAME Head' (or the FLAME add-on) for this model, "
-                         "without adding or deleting vertices.")
-    keys = mesh.shape_keys
-    if keys is None:
-        raise InputError(f"The mesh {rig.mesh.name!r} has no shape keys; a FLAME rig has Shape1.., Exp1.. keys. "
-                         "Add the head with 'Add FLAME Head'.")
-    names = set(keys.key_blocks.keys())
-    for prefix, count in ((SHAPE_PREFIX, n_shape), (EXPR_PREFIX, n_expr)):
-        missing = [f"{prefix}{k}" for k in range(1, count + 1) if f"{prefix}{k}" not in names]
-        if missing:
-            more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
-            raise InputError(f"The mesh {rig.mesh.name!r} lacks the shape keys {', '.join(missing[:3])}{more}; the "
-                             f"head model needs {prefix}1..{prefix}{count}. Re-create the head with "
-                             "'Add FLAME Head'.")
-    warnings = []
-    counts = key_counts(rig.mesh)
-    if counts[SHAPE_PREFIX] > n_shape or counts[EXPR_PREFIX] > n_expr:
-        warnings.append(f"The rig has {counts[SHAPE_PREFIX]} shape and {counts[EXPR_PREFIX]} expression keys; the "
-                        f"head model uses the first {n_shape} and {n_expr}, the others are ignored.")
-    if rig.armature is not None:
-        absent = [b for b in ("neck", "jaw", "left_eye", "right_eye") if b not in rig.armature.pose.bones]
-        if absent:
-            warnings.append(f"The armature {rig.armature.name!r} has no bone(s) {', '.join(absent)}; those "
-                            "rotations are taken as zero.")
-    return warnings
-
-
-# ------------------------------------------------------------------------------------------------ per frame
-
-@dataclass
-class RigFrame:
-    """The rig at one frame, as the engine needs it."""
-
-    shape: np.ndarray          # [S] coefficients
-    expression: np.ndarray     # [E]
-    jaw: np.ndarray            # [3] axis-angle, FLAME axes
-    eyes: np.ndarray           # [6] left eye then right eye
-    head_to_world: np.ndarray  # [4, 4] FLAME space -> Blender world (the head's rigid motion, incl. scale)
-
-
-def _key_values(mesh_obj, prefix: str, count: int) -> np.ndarray:
-    blocks = mesh_obj.data.shape_keys.key_blocks
-    out = np.zeros(count, dtype=np.float32)
-    for k in range(count):
-        kb = blocks.get(f"{prefix}{k + 1}")
-        if kb is not None and not kb.mute:
-            out[k] = kb.value
-    return out
-
-
-def _local_rotation(armature, bone_name: str) -> np.ndarray:
-    pb = armature.pose.bones.get(bone_name)
-    if pb is None:
-        return np.zeros(3, dtype=np.float32)
-    rot = bone_rotation_in_parent_axes(matrix_to_numpy(pb.bone.matrix_local), matrix_to_numpy(pb.matrix_basis))
-    return matrix_to_axis_angle(rot).astype(np.float32)
-
-
-def head_to_world(rig: Rig, depsgraph=None) -> np.ndarray:
-    """FLAME space -> world for the head: the armature's world matrix times the neck bone's deformation (which
-    includes the root bone), or the mesh's world matrix without an armature."""
-    if rig.armature is None:
-        obj = rig.mesh.evaluated_get(depsgraph) if depsgraph is not None else rig.mesh
-        return matrix_to_numpy(obj.matrix_world)
-    arm = rig.armature.evaluated_get(depsgraph) if depsgraph is not None else rig.armature
-    world = matrix_to_numpy(arm.matrix_world)
-    for name in ("neck", "root"):
-        pb = arm.pose.bones.get(name)
-        if pb is not None:
-            deform = matrix_to_numpy(pb.matrix) @ np.linalg.inv(matrix_to_numpy(pb.bone.matrix_local))
-            return world @ deform
-    return world
-
-
-def read_frame(rig: Rig, n_shape: int, n_expr: int, depsgraph=None) -> RigFrame:
-    """The rig's state at the scene's current frame (call scene.frame_set first)."""
-    if rig.armature is not None:
-        jaw = _local_rotation(rig.armature, "jaw")
-        eyes = np.concatenate([_local_rotation(rig.armature, "left_eye"),
-                               _local_rotation(rig.armature, "right_eye")])
-    else:
-        jaw, eyes = np.zeros(3, np.float32), np.zeros(6, np.float32)
-    return RigFrame(shape=_key_values(rig.mesh, SHAPE_PREFIX, n_shape),
-                    expression=_key_values(rig.mesh, EXPR_PREFIX, n_expr), jaw=jaw, eyes=eyes,
-                    head_to_world=head_to_world(rig, depsgraph))
+def key_counts(mesh_obj) -> Dict[str, int]:
+    """How many Shape, Exp and Pose keys the mesh has."""
+    return {prefix: len(keys_of(mesh_obj, prefix)) for prefix in (SHAPE_PREFIX, EXPR_PREFIX, POSE_PREFIX)}
 
 
 # ------------------------------------------------------------------------------------------------ animation
@@ -362,20 +350,14 @@ def frames_in_range(frames: Sequence[int], first: int, last: int) -> List[int]:
 # ------------------------------------------------------------------------------------------------ editing
 
 def set_key_values(mesh_obj, prefix: str, values: Optional[np.ndarray], keyframe_frame: Optional[int] = None) -> int:
-    """Set Shape*/Exp* keys (values None: all zero); returns how many were set. Keyframes them when asked."""
-    keys = mesh_obj.data.shape_keys
-    if keys is None:
-        return 0
-    n = 0
-    for kb in keys.key_blocks:
-        m = _KEY_RE.match(kb.name)
-        if m and m.group(1) == prefix:
-            k = int(m.group(2)) - 1
-            kb.value = float(values[k]) if values is not None and k < len(values) else 0.0
-            if keyframe_frame is not None:
-                kb.keyframe_insert("value", frame=keyframe_frame)
-            n += 1
-    return n
+    """Set the Shape or Exp keys in order to `values` (None: all zero; keys beyond them: zero); returns how many
+    were set. Keyframes them when asked."""
+    keys = keys_of(mesh_obj, prefix)
+    for k, kb in enumerate(keys):
+        kb.value = float(values[k]) if values is not None and k < len(values) else 0.0
+        if keyframe_frame is not None:
+            kb.keyframe_insert("value", frame=keyframe_frame)
+    return len(keys)
 
 
 def reset_bones(armature, names: Sequence[str], keyframe_frame: Optional[int] = None) -> None:

@@ -1,37 +1,61 @@
 """What the operators read from Blender for a job: the preferences' model and head, the scene's avatar settings,
-camera and output folder, and the rig's state frame by frame (`prepare`), as engine/job_specs.py's typed fields and
-the per-frame arrays engine/jobs.py takes."""
+camera and output folder, and the head frame by frame (`prepare`), as engine/job_specs.py's typed fields and the
+per-frame arrays engine/jobs.py takes.
+
+What the viewport shows is what is rendered: the head's geometry is its evaluated mesh (shape keys of any name,
+drivers, the armature with its constraints, modifiers that keep the vertex count), read from the depsgraph frame
+by frame, once as posed and once with its armatures in their rest position. core/flame/mesh_pose.py turns the two
+into the generator's input: the rest-to-posed fit of the skull is the head's rigid motion, folded into the camera
+with the object's world matrix (docs/flame.md#head-pose), and the landmarks are read off the canonical mesh. The
+rendered head is found without the active object (`find_head`): the scene's Head setting, else the only head in
+the view layer.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple, Type, TypeVar
+from typing import Dict, Iterator, List, Optional, Tuple, Type, TypeVar
 
 import bpy
 import numpy as np
 
 from ..core.errors import InputError
+from ..core.flame.mesh_pose import MeshHead
 from ..engine import convert
-from ..engine.heads import HeadSpec, head_info
+from ..engine.heads import HeadSpec, head_arrays, topology_mismatch
 from ..engine.job_specs import AvatarJob, FramedJob, ModelSpec
 from . import ADDON_PACKAGE, rig
 from .preferences import get_preferences
 
 AVATAR_MODEL, AVATAR_LATENT = "avatar.safetensors", "latent.npy"
 J = TypeVar("J", bound=AvatarJob)
+# A skull that the fit leaves further than this (FLAME units, metres) from the posed one was deformed non-rigidly.
+SKULL_WARNING = 0.002
 
 
 # ------------------------------------------------------------------------------------------------ settings
 
 def head_spec(prefs) -> HeadSpec:
     """The official model (and a project model given a FLAME file) is driven by the user's FLAME model; the
-    bundled default by the default head."""
+    bundled default by the default head. Empty landmark fields: the embedding is found beside the model."""
     if prefs.model_source == "OFFICIAL" or (prefs.model_source == "PROJECT" and prefs.flame_model_path):
-        return HeadSpec("flame", bpy.path.abspath(prefs.flame_model_path),
-                        bpy.path.abspath(prefs.flame_landmark_path))
+        def path(p: str) -> str:
+            return bpy.path.abspath(p) if p else ""
+
+        return HeadSpec("flame", path(prefs.flame_model_path), path(prefs.flame_landmark_path),
+                        path(prefs.flame_dynamic_path))
     return HeadSpec("default")
+
+
+def model_label(prefs) -> str:
+    """How messages name the chosen model."""
+    if prefs.model_source == "DEFAULT":
+        return "The bundled default model"
+    path = prefs.official_path if prefs.model_source == "OFFICIAL" else prefs.project_path
+    return f"The model {Path(bpy.path.abspath(path)).name}" if path else "The chosen model"
 
 
 def model_spec(prefs) -> ModelSpec:
@@ -130,40 +154,179 @@ def camera_params(camera_object, scene) -> convert.CameraParams:
                                 pixel_aspect_y=scene.render.pixel_aspect_y)
 
 
+# ------------------------------------------------------------------------------------------------ the head
+
+def find_head(context) -> rig.Rig:
+    """The head to render, whichever object is active: the scene's Head (Next3D > Render), else the only head mesh
+    the view layer shows."""
+    chosen = context.scene.next3d.head
+    if chosen is not None:
+        if chosen.type != "MESH":
+            raise InputError(f"The scene's Head {chosen.name!r} is a {chosen.type.lower()}; choose the head's mesh "
+                             "in Next3D > Render > Head.")
+        return rig.rig_of_mesh(chosen)
+    heads = rig.scene_heads(context.scene, context.view_layer)
+    if not heads:
+        raise InputError("The scene has no FLAME head to render. Add one with Next3D > Rig > Add FLAME Head, or "
+                         "choose the head's mesh in Next3D > Render > Head.")
+    if len(heads) > 1:
+        names = ", ".join(repr(h.name) for h in heads[:4]) + (" ..." if len(heads) > 4 else "")
+        raise InputError(f"The scene has {len(heads)} heads ({names}); choose the one to render in Next3D > Render "
+                         "> Head.")
+    return rig.rig_of_mesh(heads[0])
+
+
+_MESH_HEADS: Dict[Tuple, Tuple[MeshHead, Tuple[int, np.ndarray]]] = {}
+
+
+def mesh_head(spec: HeadSpec, cache: str) -> Tuple[MeshHead, Tuple[int, np.ndarray]]:
+    """The head model's posing data and topology (vertex count, faces), cached per head spec and file dates."""
+    stamps = tuple(os.stat(p).st_mtime_ns if os.path.isfile(p) else 0
+                   for p in (spec.model_path,) + spec.landmark_files)
+    key = (spec, cache, stamps)
+    if key not in _MESH_HEADS:
+        arrays = head_arrays(spec, cache_dir=cache or None)
+        _MESH_HEADS.clear()
+        _MESH_HEADS[key] = (MeshHead.from_arrays(arrays), (int(arrays["v_template"].shape[0]), arrays["faces"]))
+    return _MESH_HEADS[key]
+
+
 # ------------------------------------------------------------------------------------------------ frames
 
-def collect_frames(context, the_rig: rig.Rig, numbers: List[int], n_shape: int, n_expr: int
-                   ) -> Tuple[Dict[str, np.ndarray], Dict[int, np.ndarray], convert.SquareFraming]:
-    """Per-frame job arrays (engine/jobs.py) for `numbers`, the head's world matrix per frame, and the framing (of
-    the first frame); the scene's current frame is restored afterwards."""
+def _vertices(obj, depsgraph) -> np.ndarray:
+    """The evaluated mesh's vertices in its own coordinates [N, 3]."""
+    evaluated = obj.evaluated_get(depsgraph)
+    mesh = evaluated.to_mesh()
+    try:
+        co = np.empty(len(mesh.vertices) * 3, dtype=np.float32)
+        mesh.vertices.foreach_get("co", co)
+    finally:
+        evaluated.to_mesh_clear()
+    return co.reshape(-1, 3).astype(np.float64)
+
+
+def _triangles(obj, depsgraph) -> np.ndarray:
+    """The evaluated mesh's triangles [T, 3] (Blender's triangulation of its polygons)."""
+    evaluated = obj.evaluated_get(depsgraph)
+    mesh = evaluated.to_mesh()
+    try:
+        tris = np.empty(len(mesh.loop_triangles) * 3, dtype=np.int32)
+        mesh.loop_triangles.foreach_get("vertices", tris)
+    finally:
+        evaluated.to_mesh_clear()
+    return tris.reshape(-1, 3)
+
+
+def _basis(obj) -> np.ndarray:
+    """The mesh's own rest shape: its Basis key, or its vertices when it has no keys."""
+    keys = obj.data.shape_keys
+    points = keys.reference_key.data if keys is not None else obj.data.vertices
+    co = np.empty(len(points) * 3, dtype=np.float32)
+    points.foreach_get("co", co)
+    return co.reshape(-1, 3).astype(np.float64)
+
+
+def _check_topology(obj, vertices: np.ndarray, faces: np.ndarray, model_topology: Tuple[int, np.ndarray],
+                    label: str, mesh_label: str) -> None:
+    """InputError naming both topologies when the evaluated mesh is not of the model's."""
+    own = len(obj.data.vertices)
+    if len(vertices) != own:
+        raise InputError(f"The modifiers of {mesh_label} change its vertex count ({own} -> {len(vertices)}); the "
+                         "generator needs the head's own vertices. Disable the modifiers that add or remove vertices "
+                         "(Subdivision, Remesh, Decimate, ...) in the viewport, or apply them to another copy.")
+    problem = topology_mismatch(label, model_topology, mesh_label, (len(vertices), faces))
+    if problem:
+        raise InputError(problem)
+
+
+class ReadOnlyArmature(Exception):
+    """An armature whose rest position cannot be switched on."""
+
+
+@contextlib.contextmanager
+def rest_position(armatures) -> Iterator[None]:
+    """The armatures in their rest position (Armature > Rest Position) for the duration, then as they were.
+    ReadOnlyArmature when one cannot be switched (armature data linked from a library is read-only)."""
+    before = [(arm.data, arm.data.pose_position) for arm in armatures]
+    try:
+        for data, _ in before:
+            try:
+                data.pose_position = "REST"
+            except AttributeError as exc:
+                raise ReadOnlyArmature(str(exc)) from None
+        yield
+    finally:
+        for data, position in before:
+            data.pose_position = position
+
+
+def collect_frames(context, head: rig.Rig, numbers: List[int], model: MeshHead, mesh_label: str,
+                   model_topology: Tuple[int, np.ndarray], label: str
+                   ) -> Tuple[Dict[str, np.ndarray], Dict[int, np.ndarray], convert.SquareFraming, List[str]]:
+    """Per-frame job arrays (engine/jobs.py) for `numbers`, the canonical head's world matrix per frame (where
+    extracted meshes go), the framing (of the first frame) and warnings; the scene's frame and the armatures'
+    positions are restored afterwards. InputError when the mesh is not of the model's topology."""
     scene = context.scene
     original = (scene.frame_current, scene.frame_subframe)
-    rows = {k: [] for k in ("shape", "expression", "jaw", "eyes", "cam2world", "intrinsics")}
-    heads: Dict[int, np.ndarray] = {}
-    framing = None
+    posed, worlds, c2w_world, intrinsics, rest = [], [], [], [], []
+    framing, faces, warnings = None, None, []
+    armatures = rig.deforming_armatures(head.mesh)
     try:
         for number in numbers:
             scene.frame_set(int(number))
             depsgraph = context.evaluated_depsgraph_get()
-            state = rig.read_frame(the_rig, n_shape, n_expr, depsgraph)
+            vertices = _vertices(head.mesh, depsgraph)
+            if faces is None:
+                faces = _triangles(head.mesh, depsgraph)
+                _check_topology(head.mesh, vertices, faces, model_topology, label, mesh_label)
+            elif len(vertices) != len(posed[0]):
+                raise InputError(f"{mesh_label} has {len(vertices)} vertices at frame {number} but "
+                                 f"{len(posed[0])} at frame {numbers[0]}: something changes its vertex count. The "
+                                 "generator needs the head's own vertices at every frame.")
+            posed.append(vertices)
+            worlds.append(convert.matrix_to_numpy(head.mesh.evaluated_get(depsgraph).matrix_world))
             cam = scene_camera(scene)
             params = camera_params(cam, scene)
             frame_framing = convert.square_framing(convert.intrinsics_pixels(params), params.width, params.height)
             framing = framing or frame_framing
-            cam_world = convert.matrix_to_numpy(cam.evaluated_get(depsgraph).matrix_world)
-            c2w = convert.camera_in_head_space(convert.opencv_cam2world(cam_world), state.head_to_world)
-            rows["shape"].append(state.shape)
-            rows["expression"].append(state.expression)
-            rows["jaw"].append(state.jaw)
-            rows["eyes"].append(state.eyes)
-            rows["cam2world"].append(c2w)
-            rows["intrinsics"].append(frame_framing.intrinsics)
-            heads[int(number)] = state.head_to_world
+            c2w_world.append(convert.opencv_cam2world(convert.matrix_to_numpy(
+                cam.evaluated_get(depsgraph).matrix_world)))
+            intrinsics.append(frame_framing.intrinsics)
+        try:
+            with rest_position(armatures):
+                for number in numbers if armatures else ():
+                    scene.frame_set(int(number))
+                    rest.append(_vertices(head.mesh, context.evaluated_depsgraph_get()))
+        except ReadOnlyArmature:
+            rest = []
+            warnings.append(f"The armature of {mesh_label} cannot be put in its rest position (linked from a "
+                            "library?), so its pose stays in the mesh the generator sees instead of moving into the "
+                            "camera; make the armature local or a library override for the best results.")
+        rest = rest or posed
     finally:
         scene.frame_set(original[0], subframe=original[1])
+    to_flame = model.data_frame(_basis(head.mesh))
+    rows = {k: [] for k in ("vertices", "landmarks", "cam2world")}
+    heads: Dict[int, np.ndarray] = {}
+    bent = []
+    for number, p, r, world, c2w in zip(numbers, posed, rest, worlds, c2w_world):
+        frame = model.frame(p, r, to_flame)
+        head_to_world = world @ frame.head_to_mesh
+        rows["vertices"].append(frame.vertices)
+        rows["landmarks"].append(frame.landmarks)
+        rows["cam2world"].append(convert.camera_in_head_space(c2w, head_to_world))
+        heads[int(number)] = head_to_world
+        if frame.residual > SKULL_WARNING:
+            bent.append(int(number))
     arrays = {k: np.asarray(v, dtype=np.float32) for k, v in rows.items()}
+    arrays["intrinsics"] = np.asarray(intrinsics, dtype=np.float32)
     arrays["numbers"] = np.asarray(numbers, dtype=np.int64)
-    return arrays, heads, framing
+    arrays["faces"] = np.ascontiguousarray(faces, dtype=np.int32)
+    if bent:
+        shown = ", ".join(str(n) for n in bent[:5]) + (f" and {len(bent) - 5} more" if len(bent) > 5 else "")
+        warnings.append(f"The skull of {mesh_label} is deformed, not only moved, at frame(s) {shown} (beyond "
+                        f"{SKULL_WARNING * 1000:g} mm); the head pose is the best rigid fit.")
+    return arrays, heads, framing, warnings
 
 
 @dataclass
@@ -174,8 +337,8 @@ class SceneFrames:
     avatar: AvatarJob                  # the model, head and avatar settings every such job shares
     framing: convert.SquareFraming     # the scene's render in the generator's square
     arrays: Dict[str, np.ndarray]      # the per-frame job arrays
-    heads: Dict[int, np.ndarray]       # the head's world matrix per frame (where extracted meshes go)
-    warnings: List[str]                # about the rig
+    heads: Dict[int, np.ndarray]       # the canonical head's world matrix per frame (where extracted meshes go)
+    warnings: List[str]                # about the head
     prefs: object
 
     def job(self, job_type: Type[J], **settings) -> J:
@@ -188,18 +351,19 @@ class SceneFrames:
         return job_type(**shared, **settings)
 
 
-def prepare(context, numbers: Optional[List[int]] = None) -> SceneFrames:
-    """Everything a job over the active rig's frames (default: the current frame) needs from Blender; InputError
-    when the preferences, the rig or the scene cannot make one."""
+def prepare(context, numbers: Optional[List[int]] = None, head: Optional[rig.Rig] = None) -> SceneFrames:
+    """Everything a job over the head's frames (default: the current frame; the head: `find_head`) needs from
+    Blender; InputError when the preferences, the head or the scene cannot make one."""
     prefs = get_preferences(context)
     spec = head_spec(prefs)
     model = model_spec(prefs)
-    the_rig = rig.find_rig(context.active_object)
-    n_vertices, n_shape, n_expr = head_info(spec)
-    warnings = rig.check_rig(the_rig, n_vertices, n_shape, n_expr)
+    the_rig = head if head is not None else find_head(context)
     scene_camera(context.scene)
+    posing, topology = mesh_head(spec, cache_dir())
     numbers = numbers if numbers is not None else [context.scene.frame_current]
-    arrays, heads, framing = collect_frames(context, the_rig, numbers, n_shape, n_expr)
+    arrays, heads, framing, warnings = collect_frames(context, the_rig, numbers, posing,
+                                                      f"the mesh {the_rig.mesh.name!r}", topology,
+                                                      model_label(prefs))
     s = context.scene.next3d
     latent_path = ""
     if s.avatar_source == "PHOTO":
@@ -208,6 +372,6 @@ def prepare(context, numbers: Optional[List[int]] = None) -> SceneFrames:
         latent_path = str(folder / AVATAR_LATENT)
     avatar = AvatarJob(model=model, head=spec, cache_dir=cache_dir(), seed=int(s.seed),
                        truncation_psi=float(s.truncation_psi), sample_seed=int(s.sample_seed),
-                       latent_path=latent_path, threads=int(prefs.threads))
+                       latent_path=latent_path, threads=int(prefs.threads), rig_name=the_rig.mesh.name)
     return SceneFrames(rig=the_rig, avatar=avatar, framing=framing, arrays=arrays, heads=heads, warnings=warnings,
                        prefs=prefs)

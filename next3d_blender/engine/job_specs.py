@@ -77,6 +77,7 @@ class AvatarJob(EngineJob):
     truncation_cutoff: int = 14    # 0: every layer truncated
     latent_path: str = ""          # a photo avatar's ws (latent.npy), which replace the seed's
     sample_seed: int = 0           # the renderer's depth-sample noise (each frame derives its own)
+    rig_name: str = ""             # the rendered mesh object, for messages
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -14,9 +14,13 @@ state); both cross a process boundary unchanged (worker.py's wire format). Job k
              shape (or "cancelled": nothing is written).
   "ping"     emits "pong" (worker start-up check).
 
-Per-frame arrays, N frames: numbers [N] (Blender frame numbers), shape [N, S], expression [N, E], jaw [N, 3],
-eyes [N, 6], cam2world [N, 4, 4] (OpenCV camera in the head's FLAME space, see convert.py) and intrinsics [N, 3, 3]
-(normalized by the square side, see convert.square_framing).
+Per-frame arrays, N frames, all from the rig's evaluated mesh (blender/scene.py, core/flame/mesh_pose.py):
+numbers [N] (Blender frame numbers), vertices [N, V, 3] and landmarks [N, 68, 3] float32 (the head in FLAME space
+with its rigid pose removed: the generator's mesh input), cam2world [N, 4, 4] (OpenCV camera in that head's frame,
+the head pose folded in, see convert.py) and intrinsics [N, 3, 3] (normalized by the square side, see
+convert.square_framing). Beside them, once: faces [T, 3] int32, the rig's triangles, checked against the
+generator's own (a generator rasterizes its triangles with the vertices it is given). A FLAME-sized frame is 61 kB
+on the wire (worker.py streams array bytes after a small JSON header, so the length of a render is no limit).
 """
 
 from __future__ import annotations
@@ -29,14 +33,15 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..core.errors import InputError, Next3DError
-from .heads import HeadSpec, head_arrays
+from .heads import HeadSpec, head_arrays, topology_mismatch
 from .job_specs import (AvatarJob, InvertJob, Job, MeshJob, ModelSpec, PingJob, PreviewJob, RenderJob,
                         job_from_dict)
 
 Emit = Callable[[str, dict, Optional[Dict[str, np.ndarray]]], None]
 StopFn = Callable[[], bool]
 
-FRAME_ARRAYS = ("numbers", "shape", "expression", "jaw", "eyes", "cam2world", "intrinsics")
+FRAME_ARRAYS = ("numbers", "vertices", "landmarks", "cam2world", "intrinsics")
+TOPOLOGY_ARRAY = "faces"
 # How far a camera may stray from the training cameras before we warn (ratios to the training values).
 RADIUS_RANGE = (0.6, 1.6)
 FOCAL_RANGE = (0.5, 2.0)
@@ -117,7 +122,7 @@ def load_head_model(head: HeadSpec, cache_dir: str):
         arrays = head_arrays(head, cache_dir=cache_dir or None)
         return FlameModel(FlameModelData(**arrays, name=head.kind, source=head.model_path or "the default head"))
 
-    return _cache_get(("head", head.kind, head.model_path, head.landmark_path), build)
+    return _cache_get(("head", head.kind, head.model_path, head.landmark_files), build)
 
 
 def avatar_identity(generator, model_key: tuple, seed: int, psi: float, cutoff: int, latent_path: str = ""):
@@ -148,7 +153,7 @@ def avatar_identity(generator, model_key: tuple, seed: int, psi: float, cutoff: 
 # ------------------------------------------------------------------------------------------------ per frame
 
 def check_frame_arrays(arrays: Dict[str, np.ndarray]) -> int:
-    missing = [k for k in FRAME_ARRAYS if k not in arrays]
+    missing = [k for k in FRAME_ARRAYS + (TOPOLOGY_ARRAY,) if k not in arrays]
     if missing:
         raise InputError(f"The job lacks the per-frame arrays {missing}.")
     n = len(arrays["numbers"])
@@ -159,7 +164,26 @@ def check_frame_arrays(arrays: Dict[str, np.ndarray]) -> int:
             raise InputError(f"The rig gives non-finite values ({k}) at some frame; check its keyframes.")
     if n == 0:
         raise InputError("There are no frames to render.")
+    shapes = {"vertices": (None, 3), "landmarks": (68, 3), "cam2world": (4, 4), "intrinsics": (3, 3)}
+    for k, tail in shapes.items():
+        a = arrays[k]
+        if a.ndim != 3 or any(w is not None and w != s for w, s in zip(tail, a.shape[1:])):
+            raise InputError(f"The job's array {k!r} has shape {list(a.shape)}; expected [{n}, "
+                             f"{', '.join('V' if w is None else str(w) for w in tail)}].")
+    faces = arrays[TOPOLOGY_ARRAY]
+    if faces.ndim != 2 or faces.shape[1] != 3 or faces.dtype.kind not in "iu":
+        raise InputError(f"The job's faces have shape {list(faces.shape)} ({faces.dtype}); expected [T, 3] integers.")
     return n
+
+
+def check_topology(generator, description: str, arrays: Dict[str, np.ndarray], rig_name: str = "") -> None:
+    """The rig's mesh must be of the head the generator was built on: its vertex count and its triangles."""
+    faces = generator.faces[0].cpu().numpy()
+    mesh = f"the mesh {rig_name!r}" if rig_name else "the rig's mesh"
+    problem = topology_mismatch(f"The model ({description})", (int(generator.config.n_vertices), faces), mesh,
+                                (int(arrays["vertices"].shape[1]), np.asarray(arrays[TOPOLOGY_ARRAY])))
+    if problem:
+        raise InputError(problem)
 
 
 def camera_to_world(cam2world_flame: np.ndarray, config) -> np.ndarray:
@@ -220,10 +244,11 @@ def camera_warnings(labels: np.ndarray, numbers: Sequence[int], config) -> List[
 
 
 class FrameInputs:
-    """The generator inputs of the job's frames, evaluated lazily from the job arrays by Blender frame number."""
+    """The generator inputs of the job's frames by Blender frame number: the mesh input (vertices then landmarks)
+    and the camera label."""
 
-    def __init__(self, arrays: Dict[str, np.ndarray], labels: np.ndarray, flame):
-        self.arrays, self.labels, self.flame = arrays, labels, flame
+    def __init__(self, arrays: Dict[str, np.ndarray], labels: np.ndarray):
+        self.arrays, self.labels = arrays, labels
         self.row = {int(n): i for i, n in enumerate(arrays["numbers"])}
 
     def _row(self, number: int) -> int:
@@ -233,16 +258,12 @@ class FrameInputs:
             raise InputError(f"Frame {number} is not part of this job.") from None
 
     def mesh_input(self, number: int):
-        """[V + 68, 3] float32 tensor: vertices then landmarks of frame `number` (zero global pose and neck)."""
+        """[V + 68, 3] float32 tensor: vertices then landmarks of frame `number` (head pose in the camera)."""
         import torch
 
-        from ..core.flame import FlameParams
-
         i = self._row(number)
-        a = self.arrays
-        params = FlameParams(shape=a["shape"][i], expression=a["expression"][i], jaw=a["jaw"][i], eyes=a["eyes"][i])
-        with torch.no_grad():
-            return self.flame.mesh_input(params, include_neck=False)[0]
+        v = np.concatenate([self.arrays["vertices"][i], self.arrays["landmarks"][i]]).astype(np.float32)
+        return torch.from_numpy(v)
 
     def label(self, number: int):
         import torch
@@ -314,14 +335,7 @@ def _prepare(job: AvatarJob, arrays: Dict[str, np.ndarray], emit: Emit):
     n = check_frame_arrays(arrays)
     generator, description = load_model(job.model, warnings)
     cfg = generator.config
-    flame = load_head_model(job.head, job.cache_dir)
-    if flame.n_vertices != cfg.n_vertices:
-        raise InputError(f"The head model has {flame.n_vertices} vertices but the generator ({description}) expects "
-                         f"{cfg.n_vertices}; choose the FLAME model that goes with this generator.")
-    gen_faces = generator.faces[0].cpu().numpy()
-    if gen_faces.shape != tuple(flame.faces.shape) or not np.array_equal(gen_faces, flame.faces.cpu().numpy()):
-        warnings.append(f"The head model's triangles differ from those the generator ({description}) was built "
-                        "on; the rendering will not match the rig. Use the head that goes with the model.")
+    check_topology(generator, description, arrays, job.rig_name)
     labels = camera_labels(arrays, cfg)
     warnings += camera_warnings(labels, [int(x) for x in arrays["numbers"]], cfg)
     model_key = model_cache_key(job.model, str(next(generator.parameters()).device))
@@ -329,7 +343,7 @@ def _prepare(job: AvatarJob, arrays: Dict[str, np.ndarray], emit: Emit):
                                job.latent_path)
     for w in warnings:
         emit("warning", {"message": w}, None)
-    return n, generator, description, flame, labels, identity
+    return n, generator, description, labels, identity
 
 
 def _runs(numbers: Sequence[int]) -> List[Tuple[int, int]]:
@@ -347,7 +361,7 @@ def render_job(job: RenderJob, arrays: Dict[str, np.ndarray], emit: Emit, should
     from ..core.sequence.render import SequenceInterrupted, frame_name, render_sequence
     from ..core.sequence.video import write_video
 
-    n, generator, description, flame, labels, identity = _prepare(job, arrays, emit)
+    n, generator, description, labels, identity = _prepare(job, arrays, emit)
     side, x0, y0, w, h = job.framing()
     out_dir = Path(job.out_dir)
     if not job.out_dir:
@@ -356,7 +370,7 @@ def render_job(job: RenderJob, arrays: Dict[str, np.ndarray], emit: Emit, should
     first_all = job.sequence_first if job.sequence_first is not None else numbers[0]
     last_all = job.sequence_last if job.sequence_last is not None else numbers[-1]
     framed = FramedGenerator(generator, side, x0, y0, w, h)
-    source = frame_source(FrameInputs(arrays, labels, flame), min(first_all, numbers[0]), max(last_all, numbers[-1]))
+    source = frame_source(FrameInputs(arrays, labels), min(first_all, numbers[0]), max(last_all, numbers[-1]))
     settings = {"model": description, "weights": weights_fingerprint(job.model), "seed": job.seed,
                 "latent": job.latent_path or None, "truncation_psi": round(job.truncation_psi, 6),
                 "sample_seed": job.sample_seed, "width": w, "height": h, "head": job.head.kind}
@@ -410,11 +424,11 @@ def preview_job(job: PreviewJob, arrays: Dict[str, np.ndarray], emit: Emit, shou
     from ..core.io.images import to_uint8
     from ..core.sequence.render import frame_seed
 
-    n, generator, description, flame, labels, identity = _prepare(job, arrays, emit)
+    n, generator, description, labels, identity = _prepare(job, arrays, emit)
     side, x0, y0, w, h = job.framing()
     framed = FramedGenerator(generator, side, x0, y0, w, h)
     number = int(arrays["numbers"][0])
-    src = FrameInputs(arrays, labels, flame)
+    src = FrameInputs(arrays, labels)
     device = next(generator.parameters()).device
     with torch.no_grad():
         v = src.mesh_input(number)[None].to(device)
@@ -431,9 +445,9 @@ def mesh_job(job: MeshJob, arrays: Dict[str, np.ndarray], emit: Emit, should_sto
 
     from ..core.mesh import extract_mesh, surface_level
 
-    n, generator, description, flame, labels, identity = _prepare(job, arrays, emit)
+    n, generator, description, labels, identity = _prepare(job, arrays, emit)
     numbers = [int(x) for x in arrays["numbers"]]
-    src = FrameInputs(arrays, labels, flame)
+    src = FrameInputs(arrays, labels)
     resolution, level = job.resolution, job.level
     emit("begin", {"total": len(numbers), "skipped": 0, "description": description}, None)
     for k, number in enumerate(numbers):
@@ -525,5 +539,5 @@ def run_job(job: Union[Job, dict], arrays: Dict[str, np.ndarray], emit: Emit,
 
 
 __all__ = ["run_job", "render_job", "preview_job", "mesh_job", "invert_job", "camera_labels", "camera_warnings",
-           "camera_to_world", "FramedGenerator", "FrameInputs", "frame_source",
+           "camera_to_world", "check_topology", "FramedGenerator", "FrameInputs", "frame_source",
            "Next3DError", "clear_cache"]

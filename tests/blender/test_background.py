@@ -49,11 +49,11 @@ def test_background_command_renders_range_by_range(addon, use_tiny, tmp_path):
 def test_background_command_fails_cleanly(addon, tmp_path):
     out = tmp_path / "farm"
     make_scene(out)
-    bpy.context.view_layer.objects.active = None
+    bpy.context.scene.camera = None
     blend = tmp_path / "scene.blend"
     bpy.ops.wm.save_as_mainfile(filepath=str(blend), copy=True)
     bpy.ops.wm.save_userpref()
     proc = _blender_b(blend, "bpy.ops.next3d.render_animation(frame_start=1, frame_end=2)")
     assert proc.returncode != 0
-    assert "No FLAME rig is selected" in proc.stderr
+    assert "The scene has no camera" in proc.stderr
     assert not out.exists()

@@ -22,7 +22,7 @@ class Layout:
 def _draw_all():
     panels = submodule("blender.panels")
     calls = []
-    for cls in panels.CLASSES:
+    for cls in (c for c in panels.CLASSES if issubclass(c, bpy.types.Panel)):
         assert cls.bl_space_type == "VIEW_3D" and cls.bl_region_type == "UI" and cls.bl_category == "Next3D"
         assert bpy.types.Panel.bl_rna_get_subclass_py(cls.__name__) is not None
         cls.draw(types.SimpleNamespace(layout=Layout(calls)), bpy.context)
@@ -49,3 +49,26 @@ def test_panels_draw(addon, tmp_path):
         assert any(name == "progress" for name, _, _ in calls)
     finally:
         runner._state["task"] = None
+
+
+def test_rig_panel_shows_the_rigs_own_keys_and_any_bone_rotation(addon, tmp_path):
+    """Expression keys are listed by their names whatever their numbering; bone rotations in any rotation mode."""
+    arm = make_scene(tmp_path)
+    mesh = bpy.data.objects["FLAME-mesh"]
+    keys = mesh.data.shape_keys.key_blocks
+    next(k for k in keys if k.name.startswith("Exp")).name = "Exp000"
+    arm.pose.bones["jaw"].rotation_mode = "QUATERNION"
+    arm.pose.bones["left_eye"].rotation_mode = "AXIS_ANGLE"
+    calls = _draw_all()
+    lists = [args for name, args, _ in calls if name == "template_list"]
+    assert lists and lists[0][0] == "NEXT3D_UL_expression_keys" and lists[0][3] == "key_blocks"
+    shown = [(args[1], kwargs.get("text")) for name, args, kwargs in calls if name == "prop" and len(args) > 1
+             and args[1].startswith("rotation_")]
+    assert shown == [("rotation_quaternion", "jaw"), ("rotation_axis_angle", "left_eye"),
+                     ("rotation_euler", "right_eye"), ("rotation_euler", "neck")]
+    ul = submodule("blender.panels").NEXT3D_UL_expression_keys
+    flags, order = ul.filter_items(types.SimpleNamespace(filter_name="", bitflag_filter_item=1 << 30), bpy.context,
+                                   mesh.data.shape_keys, "key_blocks")
+    listed = [kb.name for kb, f in zip(keys, flags) if f]
+    assert listed[0] == "Exp000" and len(listed) == 16 and all(n.startswith("Exp") for n in listed)
+    assert order == []

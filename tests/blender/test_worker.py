@@ -13,17 +13,20 @@ from next3d_blender.engine.worker import WorkerClient, encode, iter_until_finish
 from n3d_helpers import submodule
 
 
-def _frontal_frames(numbers, jaw=0.0):
+def _frontal_frames(numbers):
+    """The built-in head at rest, seen by the frontal FFHQ camera, as the Blender side sends it."""
+    from core.default_model import builtin_head_mesh_input
+    from core.flame.builtin_head import load_builtin_head_data
+
     n = len(numbers)
     c2w = np.tile(np.eye(4, dtype=np.float32), (n, 1, 1))
     c2w[:, :3, :3] = np.diag([1.0, -1.0, -1.0])
     c2w[:, :3, 3] = (0.0, -0.01, 1.08)
     k = np.tile(np.array([[4.2647, 0, 0.5], [0, 4.2647, 0.5], [0, 0, 1]], np.float32), (n, 1, 1))
-    jaws = np.zeros((n, 3), np.float32)
-    jaws[:, 0] = jaw
-    return {"numbers": np.asarray(numbers, np.int64), "shape": np.zeros((n, 8), np.float32),
-            "expression": np.zeros((n, 6), np.float32), "jaw": jaws, "eyes": np.zeros((n, 6), np.float32),
-            "cam2world": c2w, "intrinsics": k}
+    v = builtin_head_mesh_input()[0].numpy()
+    return {"numbers": np.asarray(numbers, np.int64), "vertices": np.tile(v[:5023], (n, 1, 1)),
+            "landmarks": np.tile(v[5023:], (n, 1, 1)), "cam2world": c2w, "intrinsics": k,
+            "faces": load_builtin_head_data()["faces"].astype(np.int32)}
 
 
 JOB = {"head": {"kind": "default"}, "seed": 1,
@@ -107,6 +110,23 @@ def test_a_model_file_replaced_in_place_is_reloaded_and_not_mixed_with_its_old_f
     jobs.run_job(dict(job, overwrite=True), _frontal_frames([1, 2]), lambda *a: None)
     new = {p.name: p.read_bytes() for p in out.glob("frame_*.png")}
     assert set(new) == set(old) and new != old
+
+
+def test_the_engine_checks_the_rigs_topology_against_the_generators(addon, tiny_model):
+    """The generator's own triangles decide: the same triangles in another order render, other ones are refused
+    with the one-line message naming both, before anything is rendered."""
+    jobs = submodule("engine.jobs")
+    InputError = submodule("core.errors").InputError
+    frames = _frontal_frames([3])
+    frames["faces"] = np.ascontiguousarray(frames["faces"][::-1, [1, 2, 0]])
+    replies = []
+    jobs.run_job(_job(tiny_model, kind="preview", rig_name="Head"), frames, lambda *a: replies.append(a[0]))
+    assert "image" in replies
+    frames["faces"][0, 2] = (frames["faces"][0, 2] + 7) % 5023
+    with pytest.raises(InputError, match=r"^The model \(tiny.safetensors\) expects the built-in head \(5023 "
+                                         r"vertices, 10034 triangles\); the mesh 'Head' has its 5023 vertices but "
+                                         r"other triangles .*: choose Official Next3D"):
+        jobs.run_job(_job(tiny_model, kind="preview", rig_name="Head"), frames, lambda *a: None)
 
 
 def test_worker_crash_is_an_error_report_not_a_crash(installed, tiny_model, tmp_path):

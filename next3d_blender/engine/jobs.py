@@ -32,6 +32,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from ..core import session
 from ..core.errors import InputError, Next3DError
 from .heads import HeadSpec, head_arrays, topology_mismatch
 from .job_specs import (AvatarJob, InvertJob, Job, MeshJob, ModelSpec, PingJob, PreviewJob, RenderJob,
@@ -74,41 +75,30 @@ def _device(requested: str, warnings: List[str]) -> str:
     return "cuda" if requested == "cuda" else "cpu"
 
 
-def weights_fingerprint(model: ModelSpec) -> str:
-    """A digest of the weights file a model spec names (the bundled default's for the default), '' if there is none:
-    it keys the model cache and is recorded with rendered frames, so weights replaced in place are never mixed."""
-    from ..core.default_model import weights_digest
-
-    if model.source == "default":
-        return weights_digest()
-    return weights_digest(Path(model.path))
+def model_path(model: ModelSpec) -> Optional[str]:
+    """The model file a spec names, None for the bundled default (core.session's convention)."""
+    return None if model.source == "default" else model.path
 
 
 def model_cache_key(model: ModelSpec, device: str) -> tuple:
     """What a model spec's generator is cached under, and the identities made with it: source, path, weights digest
-    and device."""
-    return ("model", model.source, model.path, weights_fingerprint(model), device)
+    (weights replaced in place are reloaded) and device."""
+    return ("model", model.source, model.path, session.file_digest(model_path(model)), device)
 
 
 def load_model(model: ModelSpec, warnings: List[str]):
-    """(generator, description) for a model spec; cached per (source, path, weights digest, device)."""
+    """(generator, description) for a model spec (core.session.load_model); cached per model_cache_key."""
     source, path = model.source, model.path
     device = _device(model.device, warnings)
 
     def build():
-        if source == "default":
-            from ..core.default_model import default_model
-
-            dm = default_model()
-            return dm.generator.to(device), dm.description
-        if source in ("official", "project"):
-            from ..core.io.generator_io import load_generator
-
-            if not path:
-                what = "next3d_ffhq_512.pkl" if source == "official" else "a .safetensors model"
-                raise InputError(f"No model file is set. Choose {what} in Next3D > Model (add-on preferences).")
-            return load_generator(path, device), Path(path).name
-        raise InputError(f"Unknown model source {source!r}; use default, official or project.")
+        if source in ("official", "project") and not path:
+            what = "next3d_ffhq_512.pkl" if source == "official" else "a .safetensors model"
+            raise InputError(f"No model file is set. Choose {what} in Next3D > Model (add-on preferences).")
+        if source not in ("default", "official", "project"):
+            raise InputError(f"Unknown model source {source!r}; use default, official or project.")
+        loaded = session.load_model(model_path(model), device)
+        return loaded.generator, loaded.description
 
     return _cache_get(model_cache_key(model, device), build)
 
@@ -125,29 +115,18 @@ def load_head_model(head: HeadSpec, cache_dir: str):
     return _cache_get(("head", head.kind, head.model_path, head.landmark_files), build)
 
 
-def avatar_identity(generator, model_key: tuple, seed: int, psi: float, cutoff: int, latent_path: str = ""):
-    """The avatar: drawn from `seed`, or the ws saved by an inversion (`latent_path`)."""
-    import torch
+def job_avatar(job: AvatarJob) -> session.Avatar:
+    """The job's avatar: drawn from its seed (cutoff 0: every layer truncated), or a photo avatar's latent."""
+    return session.Avatar(int(job.seed), float(job.truncation_psi), int(job.truncation_cutoff) or None,
+                          job.latent_path or None)
 
-    from ..core.rendering.camera import ffhq_camera
-    from ..core.sampling import latent_from_seed
 
-    def build():
-        device = next(generator.parameters()).device
-        with torch.no_grad():
-            if latent_path:
-                from ..core.inversion.avatar_files import load_latent
-
-                return generator.make_identity(load_latent(latent_path, generator).to(device))
-            z = latent_from_seed(int(seed), generator.config.z_dim).to(device)
-            ws = generator.mapping(z, ffhq_camera()[None].to(device), truncation_psi=float(psi),
-                                   truncation_cutoff=int(cutoff) if cutoff else None)
-            return generator.make_identity(ws)
-
-    if latent_path:
-        stamp = Path(latent_path).stat().st_mtime_ns if Path(latent_path).is_file() else 0
-        return _cache_get(("identity", model_key, latent_path, stamp), build)
-    return _cache_get(("identity", model_key, int(seed), float(psi), int(cutoff or 0)), build)
+def avatar_identity(generator, model_key: tuple, avatar: session.Avatar):
+    """What the generator builds once from the avatar (core.session.avatar_identity); cached per model and avatar,
+    and per latent file content (a folder inverted again into the same path is read again)."""
+    latent = session.file_digest(avatar.latent) if avatar.latent else ""
+    return _cache_get(("identity", model_key, avatar, latent),
+                      lambda: session.avatar_identity(generator, avatar)[1])
 
 
 # ------------------------------------------------------------------------------------------------ per frame
@@ -186,19 +165,12 @@ def check_topology(generator, description: str, arrays: Dict[str, np.ndarray], r
         raise InputError(problem)
 
 
-def camera_to_world(cam2world_flame: np.ndarray, config) -> np.ndarray:
-    """OpenCV cam2world in FLAME space [N, 4, 4] -> EG3D world: same rotation, position placed like the mesh
-    (world = 0.5 * box_warp * orth_scale * (x + shift_x, y - shift_y, z), i.e. 2.5 (x, y + 0.01, z))."""
-    k = 0.5 * float(config.rendering.box_warp) * float(config.orth_scale)
-    shift = np.array([float(config.orth_shift[0]), -float(config.orth_shift[1]), 0.0])
-    out = np.array(cam2world_flame, dtype=np.float64).copy()
-    out[..., :3, 3] = (out[..., :3, 3] + shift) * k
-    return out
-
-
 def camera_labels(arrays: Dict[str, np.ndarray], config) -> np.ndarray:
-    """[N, 25] generator labels for the job's frames."""
-    c2w = camera_to_world(arrays["cam2world"], config)
+    """[N, 25] generator labels for the job's frames: the cameras placed in the model's world like its meshes
+    (docs/flame.md#placement-in-the-generator-world)."""
+    from ..core.flame import conversions   # imports torch: not at module level (the worker imports jobs.py first)
+
+    c2w = conversions.camera_to_world(arrays["cam2world"], config)
     k = np.asarray(arrays["intrinsics"], dtype=np.float64)
     return np.concatenate([c2w.reshape(len(c2w), 16), k.reshape(len(k), 9)], axis=1).astype(np.float32)
 
@@ -339,8 +311,7 @@ def _prepare(job: AvatarJob, arrays: Dict[str, np.ndarray], emit: Emit):
     labels = camera_labels(arrays, cfg)
     warnings += camera_warnings(labels, [int(x) for x in arrays["numbers"]], cfg)
     model_key = model_cache_key(job.model, str(next(generator.parameters()).device))
-    identity = avatar_identity(generator, model_key, job.seed, job.truncation_psi, job.truncation_cutoff,
-                               job.latent_path)
+    identity = avatar_identity(generator, model_key, job_avatar(job))
     for w in warnings:
         emit("warning", {"message": w}, None)
     return n, generator, description, labels, identity
@@ -371,9 +342,9 @@ def render_job(job: RenderJob, arrays: Dict[str, np.ndarray], emit: Emit, should
     last_all = job.sequence_last if job.sequence_last is not None else numbers[-1]
     framed = FramedGenerator(generator, side, x0, y0, w, h)
     source = frame_source(FrameInputs(arrays, labels), min(first_all, numbers[0]), max(last_all, numbers[-1]))
-    settings = {"model": description, "weights": weights_fingerprint(job.model), "seed": job.seed,
-                "latent": job.latent_path or None, "truncation_psi": round(job.truncation_psi, 6),
-                "sample_seed": job.sample_seed, "width": w, "height": h, "head": job.head.kind}
+    # The rig's meshes arrive per frame, so no FLAME file is recorded (as `next3d render` for mesh sequences).
+    settings = session.render_record(model_path(job.model), job_avatar(job), sample_seed=job.sample_seed,
+                                     width=w, height=h, head=job.head.kind)
     on_disk = [k for k in numbers if (out_dir / frame_name(k)).is_file()] if not job.overwrite else []
     emit("begin", {"total": len(numbers), "skipped": len(on_disk), "out_dir": str(out_dir),
                    "description": description}, None)
@@ -539,5 +510,5 @@ def run_job(job: Union[Job, dict], arrays: Dict[str, np.ndarray], emit: Emit,
 
 
 __all__ = ["run_job", "render_job", "preview_job", "mesh_job", "invert_job", "camera_labels", "camera_warnings",
-           "camera_to_world", "check_topology", "FramedGenerator", "FrameInputs", "frame_source",
+           "check_topology", "FramedGenerator", "FrameInputs", "frame_source",
            "Next3DError", "clear_cache"]

@@ -19,7 +19,8 @@ _OPTIONS = (
      {"type": click.Path(file_okay=False)}),
     ("--cfg", "cfg", "Network size: tiny (smoke tests), lite (the bundled default, trains on a CPU), small (a "
                      "GPU-sized small model), ffhq (the official network)."),
-    ("--batch", "batch_size", "Images per step."),
+    ("--batch", "batch_size", "Images per step: the global batch (under torchrun each process takes batch / "
+                              "processes)."),
     ("--kimg", "total_kimg", "Stop after this many thousand real images (counting from the start of the run)."),
     ("--seed", "seed", "Seed of the weights, the data order and the noise."),
     ("--gamma", "r1_gamma", "R1 regularization weight."),
@@ -53,6 +54,8 @@ _OPTIONS = (
      {"callback": lambda ctx, param, value: None if value == "none" else value}),
     ("--resume-blur", "resume_blur", "Keep the blur fade when starting from a generator checkpoint."),
     ("--device", "device", "auto, cpu or cuda."),
+    ("--dist-timeout", "dist_timeout_s", "Under torchrun: seconds a process waits for the others (a crashed or "
+                                         "stuck one) before the job stops with an error."),
     ("--no-progress", "progress", "No progress bar (the log file is written anyway)."),
 )
 
@@ -92,6 +95,8 @@ def train_command(**options) -> None:
     from ..training.loop import train
 
     result = train(TrainingOptions(**options))
+    if result.rank != 0:   # under torchrun only rank 0 reports, as only it writes the run folder
+        return
     verb = "stopped" if result.stopped_early else "finished"
     click.echo(f"{verb} at step {result.step} ({result.cur_nimg / 1000:.3f} kimg); state {result.state_path}, "
                f"generator {result.network_path}")

@@ -13,6 +13,10 @@ parameter name: exp_avg, exp_avg_sq, step), the torch RNG state(s) as uint8 tens
 with the step counters, the options and the network configs. Data sampling is a pure function of (seed, step), so
 resuming from a state and training on gives the same numbers as never stopping (bit-exact on the CPU).
 
+Under torchrun the run is data-parallel (core/training/distributed.py): each process computes its shard of the
+global batch, gradients are averaged, and rank 0 alone writes the run folder. A step equals the single-process step
+up to float rounding, so states do not depend on the number of processes and resume at any world size.
+
 Running the same command again with the same `outdir` resumes from the newest state there (`resume='auto'`).
 `resume` may also name a state file, a generator checkpoint (.safetensors written by this project) or the official
 Next3D pickle: the last two initialise G and G_ema only (D starts fresh, the blur fade is off unless
@@ -44,6 +48,8 @@ from ..rendering.volume import RenderingOptions
 from .appearance_code import appearance_codes
 from .dataset import FolderDataset
 from .discriminator import DualDiscriminator
+from .distributed import (World, any_rank, average_, average_gradients, batch_shard, broadcast_from_main,
+                          check_batch_split, check_same, process_device, process_group, world_from_env)
 from .loss import FakeBatch, LossOptions, Next3DLoss, RealBatch
 from .mesh_render import MESH_CONDITION_CHANNELS, render_mesh_condition
 from .options import PRESETS, TrainingOptions  # noqa: F401  (re-exported)
@@ -109,6 +115,7 @@ class TrainingResult:
     state_path: Optional[Path]
     network_path: Optional[Path]
     stopped_early: bool = False
+    rank: int = 0                        # the process's rank under torchrun; only rank 0 writes files
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -183,9 +190,11 @@ def _to_uint8_grid(rows: List[torch.Tensor]) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------ the run
 
 class Trainer:
-    def __init__(self, options: TrainingOptions):
+    def __init__(self, options: TrainingOptions, world: Optional[World] = None):
         self.o = options
-        self.device = _device(options.device)
+        self.world = world_from_env() if world is None else world
+        check_batch_split(options.batch_size, self.world, options.mbstd_group)
+        self.device = process_device(self.world, _device(options.device))
         self.outdir = ensure_writable_dir(options.outdir)
         self.log_path = self.outdir / "log.jsonl"
         self.dataset = FolderDataset(options.data)
@@ -242,11 +251,14 @@ class Trainer:
         if d_config is not None:
             d_kwargs.update(d_config)
         self.d_kwargs = d_kwargs
+        self.shard = batch_shard(o.batch_size, self.world, d_kwargs["mbstd_group_size"])
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(o.seed + 1)
             self.D = DualDiscriminator(**d_kwargs)
         self.D = self.D.to(self.device).train().requires_grad_(False)
         self.G_ema = copy.deepcopy(self.G).eval()
+        # The mapping's running mean of w moves with each process's batch; processes average it after each step.
+        self.running_means = [b for name, b in self.G.named_buffers() if name.endswith("w_avg")]
         self.g_names = [n for n, _ in self.G.named_parameters()]
         self.d_names = [n for n, _ in self.D.named_parameters()]
         self.opt_G = _lazy_adam(list(self.G.parameters()), o.glr, o.betas, o.g_reg_interval)
@@ -305,7 +317,8 @@ class Trainer:
         meta, tensors, extra = load_training_state(path)
         stored = meta.get("options", {})
         changed = {k: (stored.get(k), v) for k, v in self.o.to_json().items()
-                   if k in stored and stored.get(k) != v and k not in ("resume", "progress", "outdir", "data")}
+                   if k in stored and stored.get(k) != v
+                   and k not in ("resume", "progress", "outdir", "data", "dist_timeout_s")}
         fixed = {k: v for k, v in changed.items() if k in _FIXED_ON_RESUME}
         if fixed:
             desc = ", ".join(f"{k}: {a!r} in the state, {b!r} now" for k, (a, b) in fixed.items())
@@ -340,7 +353,7 @@ class Trainer:
         self.elapsed = float(meta.get("elapsed_s", 0.0))
         images_then = int(meta.get("dataset", {}).get("images", len(self.dataset)))
         self.log({"event": "resume", "from": str(path), "step": self.step, "kimg": self.cur_nimg / 1000,
-                  "changed_options": {k: list(v) for k, v in changed.items()},
+                  "world_size": self.world.size, "changed_options": {k: list(v) for k, v in changed.items()},
                   "dataset_images_then": images_then, "dataset_images_now": len(self.dataset)})
 
     def init_from_generator(self, path: Path) -> None:
@@ -355,6 +368,8 @@ class Trainer:
     # ---------------------------------------------------------------------------------------- data
 
     def log(self, record: dict) -> None:
+        if not self.world.is_main:
+            return
         record = {"time": round(time.time(), 3), **record}
         with open(self.log_path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
@@ -380,14 +395,21 @@ class Trainer:
         """Dataset images [B, 3, R, R] in [-1, 1]."""
         return torch.stack([self.dataset.image(int(i)) for i in indices]).to(self.device).float() / 127.5 - 1
 
-    def real_batch(self, indices: torch.Tensor) -> RealBatch:
+    def _shard_of(self, all_indices: Optional[torch.Tensor]) -> dict:
+        """A data-parallel batch's shard and the global batch's cameras (nothing for a single-process batch)."""
+        if all_indices is None or not self.world.distributed:
+            return {}
+        return dict(shard=self.shard, c_all=self.dataset.labels[all_indices].to(self.device))
+
+    def real_batch(self, indices: torch.Tensor, all_indices: Optional[torch.Tensor] = None) -> RealBatch:
         ds = self.dataset
         images = self.images(indices)
         c = ds.labels[indices].to(self.device)
         mesh = torch.stack([self.mesh_rendering(int(i)) for i in indices]) if self.o.mesh_cond else None
-        return RealBatch(image=images, c=c, mesh=mesh)
+        return RealBatch(image=images, c=c, mesh=mesh, **self._shard_of(all_indices))
 
-    def fake_batch(self, indices: torch.Tensor, z: torch.Tensor, with_target: bool = False) -> FakeBatch:
+    def fake_batch(self, indices: torch.Tensor, z: torch.Tensor, with_target: bool = False,
+                   all_indices: Optional[torch.Tensor] = None) -> FakeBatch:
         ds = self.dataset
         mesh = torch.stack([self.mesh_rendering(int(i)) for i in indices]) if self.o.mesh_cond else None
         target = self.images(indices) if with_target else None
@@ -395,7 +417,8 @@ class Trainer:
             # The target's appearance code in front, random entries after it (core.training.appearance_code).
             z = torch.cat([self.codes[indices], z[:, self.codes.shape[1]:]], dim=1)
         return FakeBatch(z=z.to(self.device), c=ds.labels[indices].to(self.device),
-                         v=ds.meshes[indices].to(self.device), mesh=mesh, target=target)
+                         v=ds.meshes[indices].to(self.device), mesh=mesh, target=target,
+                         **self._shard_of(all_indices))
 
     # ---------------------------------------------------------------------------------------- grids
 
@@ -437,7 +460,8 @@ class Trainer:
     # ---------------------------------------------------------------------------------------- step
 
     def train_step(self) -> Dict[str, float]:
-        o = self.o
+        """One step of the global batch; under torchrun this process computes its shard (`self.shard`)."""
+        o, shard = self.o, self.shard
         B = o.batch_size
         n = len(self.dataset)
         stats: Dict[str, float] = {}
@@ -453,19 +477,26 @@ class Trainer:
             if interval <= 0 or self.step % interval != 0 or (d_only and phase.startswith("G")):
                 continue
             module, opt = (self.G, self.opt_G) if phase.startswith("G") else (self.D, self.opt_D)
-            real_idx, gen_idx, z = draws[p]
-            real = self.real_batch(real_idx) if phase.startswith("D") else None
-            fake = self.fake_batch(gen_idx, z, with_target=phase == "Gmain" and
-                                   self.loss.recon_weight(self.cur_nimg) > 0)
+            real_all, gen_all, z_all = draws[p]
+            real = self.real_batch(shard.take(real_all), real_all) if phase.startswith("D") else None
+            fake = self.fake_batch(shard.take(gen_all), shard.take(z_all), all_indices=gen_all,
+                                   with_target=phase == "Gmain" and self.loss.recon_weight(self.cur_nimg) > 0)
             opt.zero_grad(set_to_none=True)
             module.requires_grad_(True)
             stats.update(self.loss.accumulate_gradients(phase, real, fake, gain=float(interval),
                                                         cur_nimg=self.cur_nimg))
             module.requires_grad_(False)
+            average_gradients(module.parameters(), self.world)
             for param in module.parameters():
                 if param.grad is not None:
                     torch.nan_to_num(param.grad, nan=0, posinf=1e5, neginf=-1e5, out=param.grad)
             opt.step()
+        if self.world.distributed:
+            average_(self.running_means, self.world, "averaging G's running mean of w")
+            keys = sorted(stats)
+            values = torch.tensor([stats[k] for k in keys], dtype=torch.float64, device=self.device)
+            average_([values], self.world)
+            stats = dict(zip(keys, values.tolist()))
         # G_ema
         ema_kimg = o.ema_kimg if o.ema_kimg is not None else B * 10 / 32
         ema_nimg = ema_kimg * 1000
@@ -488,19 +519,19 @@ class Trainer:
         # First Ctrl-C: finish the current step, save a state and stop. A second one interrupts at once.
         self._stop = True
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        print("\nStopping after this step and saving a snapshot (press Ctrl-C again to abort without saving).",
-              flush=True)
+        if self.world.is_main:
+            print("\nStopping after this step and saving a snapshot (press Ctrl-C again to abort without saving).",
+                  flush=True)
 
     def run(self) -> TrainingResult:
         devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):   # the caller's RNG state is left as it was
+        with process_group(self.world, self.device, self.o.dist_timeout_s), \
+                torch.random.fork_rng(devices=devices):   # the caller's RNG state is left as it was
             return self._run()
 
-    def _run(self) -> TrainingResult:
-        o = self.o
-        total_steps = math.ceil(o.total_kimg * 1000 / o.batch_size)
-        snapshot_steps = max(1, round(o.snapshot_kimg * 1000 / o.batch_size))
-        resume = o.resume
+    def _resume_source(self) -> Tuple[Optional[str], bool]:
+        """(the file to start from, or None for a fresh start; whether the run folder holds no state yet)."""
+        resume = self.o.resume
         latest = find_latest_state(self.outdir)
         if resume == "auto":
             source = latest
@@ -518,33 +549,65 @@ class Trainer:
                 # A generator to start from only applies to a fresh run: the same command run again continues
                 # from the newest state in the run folder instead of starting over.
                 source = latest
+        return (None if source is None else str(source)), latest is None
+
+    def _shared_resume_source(self) -> Tuple[Optional[Path], bool]:
+        """Rank 0 looks at the run folder and every process starts from what it found."""
+        decision: Tuple = ()
+        if self.world.is_main:
+            try:
+                decision = ("ok", *self._resume_source())
+            except InputError as exc:
+                if not self.world.distributed:
+                    raise
+                decision = ("error", str(exc))
+        decision = broadcast_from_main(decision, self.world)
+        if decision[0] == "error":
+            raise InputError(decision[1])
+        return (None if decision[1] is None else Path(decision[1])), decision[2]
+
+    def _fingerprint(self) -> str:
+        """A digest of the step and the weights, to check that every process starts from the same state."""
+        digest = hashlib.sha256(f"{self.step}:{self.cur_nimg}".encode())
+        for module in (self.G, self.G_ema, self.D):
+            for t in module.state_dict().values():
+                digest.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()[:16]
+
+    def _run(self) -> TrainingResult:
+        o, main = self.o, self.world.is_main
+        total_steps = math.ceil(o.total_kimg * 1000 / o.batch_size)
+        snapshot_steps = max(1, round(o.snapshot_kimg * 1000 / o.batch_size))
+        source, fresh_folder = self._shared_resume_source()
         if source is None:
             torch.manual_seed(o.seed)
             if self.device.type == "cuda":
                 torch.cuda.manual_seed(o.seed)
             self.build()
             self.log({"event": "start", "options": o.to_json(), "g_config": self.G.config.to_dict(),
-                      "d_config": self.d_kwargs, "device": str(self.device)})
+                      "d_config": self.d_kwargs, "device": str(self.device), "world_size": self.world.size})
         elif _is_state(source):
             self.load_state(source)
         else:
             torch.manual_seed(o.seed)
             self.init_from_generator(source)
-        if latest is None and not (self.outdir / "options.json").exists():
+        if self.world.distributed:
+            check_same(self._fingerprint(), self.world, "starting weights")
+        if main and fresh_folder and not (self.outdir / "options.json").exists():
             (self.outdir / "options.json").write_text(json.dumps(o.to_json(), indent=2) + "\n")
-        grids = min(o.sample_grid) > 0
+        grids = min(o.sample_grid) > 0 and main
         if grids and not (self.outdir / "reals.png").exists():
             self.write_reals()
         stats: Dict[str, float] = {}
         state_path = network_path = None
         saved_step = -1
-        previous = None
-        handler_set = False
+        # torchrun passes a Ctrl-C on to its processes as SIGTERM (and kills them 30 s later): the same request.
+        stop_signals = (signal.SIGINT, signal.SIGTERM) if self.world.distributed else (signal.SIGINT,)
+        previous = {}
         if threading.current_thread() is threading.main_thread():
-            previous = signal.signal(signal.SIGINT, self._request_stop)
-            handler_set = True
+            previous = {s: signal.signal(s, self._request_stop) for s in stop_signals}
         bar = None
-        if o.progress:
+        if o.progress and main:
             from tqdm import tqdm
             bar = tqdm(total=total_steps * o.batch_size / 1000, initial=self.cur_nimg / 1000, unit="kimg",
                        bar_format="{l_bar}{bar}| {n:.3f}/{total:.3f} kimg [{elapsed}<{remaining}{postfix}]")
@@ -566,22 +629,25 @@ class Trainer:
                     self.log({"event": "non_finite", "step": self.step,
                               "stats": {k: repr(v) for k, v in stats.items()}})
                 if self.step % snapshot_steps == 0 and self.step < total_steps:
-                    state_path, network_path = self.save_state()
+                    if main:
+                        state_path, network_path = self.save_state()
+                        if grids:
+                            self.write_samples()
                     saved_step = self.step
-                    if grids:
-                        self.write_samples()
+                # A Ctrl-C seen by any process stops all of them after the same step.
+                self._stop = any_rank(self._stop, self.world, self.device)
         finally:
             if bar is not None:
                 bar.close()
-            if handler_set:
-                signal.signal(signal.SIGINT, previous)
-        if saved_step != self.step:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+        if saved_step != self.step and main:
             state_path, network_path = self.save_state()
             if grids:
                 self.write_samples()
         self.log({"event": "stopped" if self._stop else "done", "step": self.step, "kimg": self.cur_nimg / 1000})
         return TrainingResult(step=self.step, cur_nimg=self.cur_nimg, stats=stats, state_path=state_path,
-                              network_path=network_path, stopped_early=self._stop)
+                              network_path=network_path, stopped_early=self._stop, rank=self.world.rank)
 
 
 def _is_state(path: Path) -> bool:

@@ -27,19 +27,26 @@ the bundled default model was trained with it.
 Generator pose conditioning: the camera given to the mapping network is, with probability `swapping_prob`, the
 camera of another sample in the batch (torch.roll); the probability fades from 1 to `gpc_reg_prob` over
 `gpc_reg_fade_kimg` (EG3D).
+
+Data-parallel steps (core/training/distributed.py): a batch may be one process's shard of a global batch
+(`shard`, `c_all`). Every random number is then drawn for the global batch and cut to the shard, and the camera
+roll and D's label-noise std see the global batch, so the shards together compute what one process computes.
+Without a shard the batch is the whole batch and the draws are the ones the single-process code always made.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
 from ..networks.next3d import GeneratorOutput, Next3DGenerator
+from ..rendering.volume import RandomDraws
 from .discriminator import DualDiscriminator
+from .distributed import BatchShard
 
 __all__ = ["LossOptions", "RealBatch", "FakeBatch", "Next3DLoss", "gaussian_blur", "resize_image"]
 
@@ -64,6 +71,8 @@ class RealBatch:
     image: torch.Tensor                  # [B, 3, R, R] in [-1, 1]
     c: torch.Tensor                      # [B, 25]
     mesh: Optional[torch.Tensor] = None  # [B, Cm, R, R] mesh rendering for the deformation-aware D
+    shard: Optional[BatchShard] = None   # this process's rows of the global batch (None: the whole batch)
+    c_all: Optional[torch.Tensor] = None  # [B_global, 25] the global batch's cameras (None: c)
 
 
 @dataclass
@@ -73,6 +82,14 @@ class FakeBatch:
     v: torch.Tensor                      # [B, V + 68, 3] mesh input of G
     mesh: Optional[torch.Tensor] = None  # [B, Cm, R, R] rendering of v from c
     target: Optional[torch.Tensor] = None  # [B, 3, R, R] the dataset image of v and c (reconstruction warm-up)
+    shard: Optional[BatchShard] = None   # this process's rows of the global batch (None: the whole batch)
+    c_all: Optional[torch.Tensor] = None  # [B_global, 25] the global batch's cameras (None: c)
+
+
+def _whole(batch) -> Tuple[BatchShard, torch.Tensor]:
+    """(shard, global cameras) of a batch; a batch without a shard is the whole batch."""
+    shard = batch.shard if batch.shard is not None else BatchShard.whole(batch.c.shape[0])
+    return shard, batch.c if batch.c_all is None else batch.c_all
 
 
 def resize_image(image: torch.Tensor, size: int) -> torch.Tensor:
@@ -100,6 +117,9 @@ class Next3DLoss:
         self.G = G
         self.D = D
         self.options = options
+        # D's label noise is scaled by the batch's std: the loss adds it, with the global batch's std, so that the
+        # shards of a data-parallel step see the noise one process would (same draws, same formula as D's).
+        self.label_noise, D.disc_c_noise = D.disc_c_noise, 0.0
 
     # -------------------------------------------------------------------------------------------- schedules
 
@@ -124,20 +144,38 @@ class Next3DLoss:
 
     # -------------------------------------------------------------------------------------------- G and D
 
-    def conditioning(self, c: torch.Tensor, swapping_prob: float) -> torch.Tensor:
-        swapped = torch.roll(c, 1, 0)
-        return torch.where(torch.rand((c.shape[0], 1), device=c.device) < swapping_prob, swapped, c)
+    def conditioning(self, fake: FakeBatch, swapping_prob: float) -> torch.Tensor:
+        shard, c_all = _whole(fake)
+        swapped = shard.take(torch.roll(c_all, 1, 0))
+        return torch.where(shard.draw(torch.rand, (1,), fake.c.device) < swapping_prob, swapped, fake.c)
+
+    def render_draws(self, shard: BatchShard, device: torch.device) -> RandomDraws:
+        """The renderer's two uniform draws, as it would draw them for the whole batch, cut to the shard."""
+        cfg = self.G.config
+        rays, r = cfg.neural_rendering_resolution ** 2, cfg.rendering
+        stratified = shard.draw(torch.rand, (rays, r.depth_resolution, 1), device)
+        importance = (shard.draw(torch.rand, (r.depth_resolution_importance,), device, per_sample=rays)
+                      if r.depth_resolution_importance > 0 else None)
+        return RandomDraws(stratified=stratified, importance=importance)
 
     def run_G(self, fake: FakeBatch, swapping_prob: float, update_emas: bool = False) -> GeneratorOutput:
         G = self.G
-        ws = G.mapping(fake.z, self.conditioning(fake.c, swapping_prob), update_emas=update_emas)
-        identity = G.make_identity(ws, noise_mode=self.options.noise_mode)
-        planes = G.build_planes(identity, fake.v, noise_mode=self.options.noise_mode)
-        return G.render_planes(planes, identity.eg3d_ws, fake.c)
+        shard, _ = _whole(fake)
+        ws = G.mapping(fake.z, self.conditioning(fake, swapping_prob), update_emas=update_emas)
+        with shard.random():
+            identity = G.make_identity(ws, noise_mode=self.options.noise_mode)
+            planes = G.build_planes(identity, fake.v, noise_mode=self.options.noise_mode)
+        draws = self.render_draws(shard, fake.c.device)
+        with shard.random():
+            return G.render_planes(planes, identity.eg3d_ws, fake.c, draws=draws)
 
-    def run_D(self, image: torch.Tensor, image_raw: torch.Tensor, c: torch.Tensor, mesh: Optional[torch.Tensor],
-              blur_sigma: float) -> torch.Tensor:
+    def run_D(self, image: torch.Tensor, image_raw: torch.Tensor, batch: "RealBatch | FakeBatch",
+              mesh: Optional[torch.Tensor], blur_sigma: float) -> torch.Tensor:
         image = gaussian_blur(image, blur_sigma)
+        c = batch.c
+        shard, c_all = _whole(batch)
+        if self.label_noise > 0 and self.D.training and c_all.shape[0] > 1:
+            c = c + shard.draw(torch.randn, c.shape[1:], c.device) * c_all.std(0) * self.label_noise
         return self.D(image, image_raw, c, mesh if self.D.mesh_channels else None)
 
     def real_raw(self, image: torch.Tensor, blur_sigma: float) -> torch.Tensor:
@@ -155,7 +193,7 @@ class Next3DLoss:
         stats: Dict[str, float] = {}
         if phase == "Gmain":
             out = self.run_G(fake, swapping_prob)
-            logits = self.run_D(out.image, out.image_raw, fake.c, fake.mesh, blur_sigma)
+            logits = self.run_D(out.image, out.image_raw, fake, fake.mesh, blur_sigma)
             loss = F.softplus(-logits)
             total = loss.mean()
             stats.update(loss_G=float(loss.detach().mean()), score_fake_G=float(logits.detach().mean()))
@@ -172,13 +210,15 @@ class Next3DLoss:
             if o.density_reg <= 0:
                 return stats
             G = self.G
-            c_cond = torch.where(torch.rand([], device=fake.c.device) < swapping_prob, torch.roll(fake.c, 1, 0),
-                                 fake.c)
+            shard, c_all = _whole(fake)
+            c_cond = torch.where(torch.rand([], device=fake.c.device) < swapping_prob,
+                                 shard.take(torch.roll(c_all, 1, 0)), fake.c)
             ws = G.mapping(fake.z, c_cond)
-            identity = G.make_identity(ws, noise_mode=o.noise_mode)
-            planes = G.build_planes(identity, fake.v, noise_mode=o.noise_mode)
-            initial = torch.rand((ws.shape[0], o.density_points, 3), device=ws.device) * 2 - 1
-            perturbed = initial + torch.randn_like(initial) * o.density_reg_p_dist
+            with shard.random():
+                identity = G.make_identity(ws, noise_mode=o.noise_mode)
+                planes = G.build_planes(identity, fake.v, noise_mode=o.noise_mode)
+            initial = shard.draw(torch.rand, (o.density_points, 3), ws.device) * 2 - 1
+            perturbed = initial + shard.draw(torch.randn, (o.density_points, 3), ws.device) * o.density_reg_p_dist
             _, sigma = G.decode_points(planes, torch.cat([initial, perturbed], dim=1))
             n = o.density_points
             loss = F.l1_loss(sigma[:, :n], sigma[:, n:]) * o.density_reg
@@ -187,10 +227,10 @@ class Next3DLoss:
         elif phase == "Dmain":
             with torch.no_grad():
                 out = self.run_G(fake, swapping_prob, update_emas=True)
-            logits_fake = self.run_D(out.image, out.image_raw, fake.c, fake.mesh, blur_sigma)
+            logits_fake = self.run_D(out.image, out.image_raw, fake, fake.mesh, blur_sigma)
             loss_fake = F.softplus(logits_fake)
             loss_fake.mean().mul(gain).backward()
-            logits_real = self.run_D(real.image, self.real_raw(real.image, blur_sigma), real.c, real.mesh,
+            logits_real = self.run_D(real.image, self.real_raw(real.image, blur_sigma), real, real.mesh,
                                      blur_sigma)
             loss_real = F.softplus(-logits_real)
             loss_real.mean().mul(gain).backward()
@@ -201,7 +241,7 @@ class Next3DLoss:
                 return stats
             image = real.image.detach().requires_grad_(True)
             raw = self.real_raw(real.image, blur_sigma).detach().requires_grad_(True)
-            logits = self.run_D(image, raw, real.c, real.mesh, blur_sigma)
+            logits = self.run_D(image, raw, real, real.mesh, blur_sigma)
             grads = torch.autograd.grad(outputs=[logits.sum()], inputs=[image, raw], create_graph=True,
                                         only_inputs=True)
             penalty = grads[0].square().sum([1, 2, 3]) + grads[1].square().sum([1, 2, 3])

@@ -50,6 +50,7 @@ class TrainingOptions:
     resume_blur: bool = False
     mesh_cache_mb: float = 1024.0
     progress: bool = True
+    dist_timeout_s: float = 1800.0          # under torchrun: how long a process waits for the others before it stops
 
     def to_json(self) -> dict:
         data = dataclasses.asdict(self)

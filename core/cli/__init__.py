@@ -19,6 +19,7 @@ from .make_dataset import make_dataset_command
 from .mesh import mesh_command
 from .render import render_command
 from .stylize import stylize_command
+from .track import track_command
 from .train import train_command
 from .video import video_command
 
@@ -28,7 +29,8 @@ __all__ = ["main"]
 @click.group(cls=Next3DGroup)
 @click.version_option(package_name="next3d-blender")
 def main() -> None:
-    """Next3D neural head avatars: render frames, sequences, orbit videos and meshes; convert and inspect models.
+    """Next3D neural head avatars: render frames, sequences, orbit videos and meshes; track face videos; convert and
+    inspect models.
 
     \b
     Example: next3d render --model next3d_ffhq_512.pkl --sequence drive/ --out-dir frames/
@@ -36,5 +38,6 @@ def main() -> None:
 
 
 for _command in (info_command, convert_command, render_command, video_command, mesh_command, demo_command,
-                 train_command, make_dataset_command, evaluate_command, invert_command, stylize_command):
+                 train_command, make_dataset_command, evaluate_command, invert_command, stylize_command,
+                 track_command):
     main.add_command(_command)

@@ -39,6 +39,8 @@ def _aligned_target(pixels, resolution: int, source: str):
                "official model: FLAME)")
 @click.option("--landmarks", type=click.Path(dir_okay=False),
               help="68 landmarks of the portrait in image pixels (.npy/.txt/.json) instead of detecting them.")
+@click.option("--face", type=click.IntRange(min=1),
+              help="Which face of a photo with several, numbered from 1 left to right (default: the largest).")
 @click.option("--camera", type=click.Path(dir_okay=False),
               help="Camera label of the portrait (.npy [25], .json) instead of estimating it. With --mesh too, the "
                    "image is taken as already aligned and only resized.")
@@ -59,7 +61,7 @@ def _aligned_target(pixels, resolution: int, source: str):
 @click.option("--overwrite", is_flag=True, help="Replace an avatar already in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def invert_command(portrait: str, out: str, model: Optional[str], flame: FlameFiles,
-                   landmarks: Optional[str], camera: Optional[str], mesh: Optional[str],
+                   landmarks: Optional[str], face: Optional[int], camera: Optional[str], mesh: Optional[str],
                    vgg16: Optional[str], lpips: Optional[str], latent_steps: int, tune_steps: int, seed: int,
                    device: str, threads: Optional[int], overwrite: bool, quiet: bool) -> None:
     """One-shot avatar from a portrait photo by pivotal tuning inversion: detect and fit the face, optimize the
@@ -118,7 +120,9 @@ def invert_command(portrait: str, out: str, model: Optional[str], flame: FlameFi
         portrait_result = preprocess_portrait(pixels, head.flame, resolution=res,
                                               landmarks=read_landmarks_file(landmarks) if landmarks else None,
                                               camera=read_camera_file(camera) if camera else None,
-                                              source=str(portrait))
+                                              source=str(portrait), face=face)
+        if portrait_result.faces_note:
+            click.echo(portrait_result.faces_note, err=True)
         click.echo(f"landmark fit error {portrait_result.fit_error_px:.2f} px", err=True)
         for warning in portrait_result.warnings:
             click.echo(f"warning: {warning}", err=True)

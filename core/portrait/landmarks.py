@@ -1,5 +1,5 @@
-"""Face landmarks of a portrait: detection with mediapipe's Face Mesh (offline, its models ship in the wheel) and
-the landmark files a user can give instead.
+"""Face landmarks of a portrait: detection with mediapipe's Face Mesh (offline, its models ship in the wheel), on
+the face the full-range detector chose (core/portrait/faces.py), and the landmark files a user can give instead.
 
 Face Mesh gives 478 points (468 on the face, then 5 per iris: centre first, then four on the rim). The 68 iBUG
 points the FLAME fit uses are picked from them by IBUG68_FROM_MEDIAPIPE: the nearest Face Mesh point to each
@@ -8,15 +8,18 @@ iBUG definition (jaw contour, brows, nose, eye corners and lids, outer and inner
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Tuple, Union
+from typing import Optional, Tuple, Union
 
 import numpy as np
 
-from ..errors import InputError, Next3DError
+from ..errors import InputError
 from ..io.bounded_read import json_loads, read_npy, read_text_array
+from .faces import FaceBox, choose_face, crop_square, describe_faces, detect_faces, mediapipe_solutions
 
-__all__ = ["IBUG68_FROM_MEDIAPIPE", "detect_landmarks", "read_landmarks_file", "check_image", "check_landmarks"]
+__all__ = ["IBUG68_FROM_MEDIAPIPE", "FaceLandmarks", "detect_face_landmarks", "detect_landmarks", "ibug_and_irises",
+           "mesh_points", "read_landmarks_file", "check_image", "check_landmarks"]
 
 # iBUG 68 in its usual order, as Face Mesh indices. The subject's right side comes first in iBUG (image left).
 IBUG68_FROM_MEDIAPIPE = np.array([
@@ -46,34 +49,87 @@ def check_image(image: np.ndarray, source: str) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
-def detect_landmarks(image: np.ndarray, *, source: str = "the portrait"
+@dataclass(frozen=True)
+class FaceLandmarks:
+    """The landmarks of one face of a photo, and every face the detector found there (core.portrait.faces)."""
+
+    landmarks: np.ndarray            # [68, 2] image pixels
+    irises: np.ndarray               # [2, 5, 2] image pixels, the image-left iris first
+    faces: Tuple[FaceBox, ...]       # every face found, numbered left to right (empty: only Face Mesh saw one)
+    chosen: Optional[int]            # index into faces of the face these landmarks belong to
+
+    def describe(self) -> str:
+        """How many faces were found, where, and which one was used."""
+        if not self.faces:
+            return "The face detector found no face; Face Mesh found one in the whole picture."
+        return describe_faces(self.faces, self.chosen)
+
+
+def mesh_points(face_landmarks, x0: float, y0: float, w: int, h: int) -> np.ndarray:
+    """Face Mesh's normalized points of one face, found in a w x h picture at (x0, y0) -> [478, 2] pixels."""
+    return np.array([(x0 + p.x * w, y0 + p.y * h) for p in face_landmarks.landmark], dtype=np.float32)
+
+
+def ibug_and_irises(points: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Face Mesh points [478, 2] -> (68 iBUG landmarks [68, 2], irises [2, 5, 2] with the image-left one first)."""
+    landmarks = points[IBUG68_FROM_MEDIAPIPE]
+    irises = np.stack([points[_IRIS_FIRST:_IRIS_FIRST + 5], points[_IRIS_FIRST + 5:_IRIS_FIRST + 10]])
+    if irises[0, 0, 0] > irises[1, 0, 0]:
+        irises = irises[::-1].copy()
+    return landmarks, irises
+
+
+def _face_mesh_points(mesh, picture: np.ndarray, x0: int, y0: int) -> Optional[np.ndarray]:
+    found = mesh.process(picture)
+    if not found.multi_face_landmarks:
+        return None
+    h, w = picture.shape[:2]
+    return mesh_points(found.multi_face_landmarks[0], x0, y0, w, h)
+
+
+def detect_face_landmarks(image: np.ndarray, *, face: Optional[int] = None, source: str = "the portrait"
+                          ) -> FaceLandmarks:
+    """Landmarks of one face of an RGB image [H, W, 3] uint8: the largest, or face number `face` (1-based, left to
+    right; core.portrait.faces).
+
+    Every face is found first with the full-range detector. A picture with one face (or none the detector sees) goes
+    to Face Mesh whole, as a portrait always did; otherwise, or when that finds nothing, Face Mesh runs on a square
+    around the chosen face, so that small faces in group photos and wide shots work. Raises InputError when no
+    face is found or `face` does not exist, naming the faces that do and the way round (a landmark file)."""
+    image = check_image(image, source)
+    solutions = mediapipe_solutions()
+    faces = detect_faces(image)
+    if face is not None and not faces:
+        raise InputError(f"No face was found in {source}, so there is no face {face}; give a photo where the "
+                         "faces are at least about 40 pixels high, or give the 68 landmarks in a file (--landmarks).")
+    chosen = choose_face(faces, face, source) if faces else None
+    points = None
+    with solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1, refine_landmarks=True,
+                                      min_detection_confidence=0.5) as mesh:
+        if len(faces) <= 1:
+            points = _face_mesh_points(mesh, image, 0, 0)
+        if points is None and chosen is not None:
+            x0, y0, side = faces[chosen].window()
+            points = _face_mesh_points(mesh, crop_square(image, x0, y0, side), x0, y0)
+    if points is None:
+        where = (f" The detector saw a face at {faces[chosen].describe()}, but Face Mesh could not place its "
+                 "landmarks (too small, blurred or turned away?)." if chosen is not None else "")
+        raise InputError(f"No face was found in {source}.{where} Give a photo with a face seen from the front or the "
+                         "side, at least about 40 pixels high, or give its 68 landmarks in a file (--landmarks, "
+                         ".npy/.txt/.json [68, 2] in pixels).")
+    landmarks, irises = ibug_and_irises(points)
+    return FaceLandmarks(landmarks, irises, tuple(faces), chosen)
+
+
+def detect_landmarks(image: np.ndarray, *, face: Optional[int] = None, source: str = "the portrait"
                      ) -> Tuple[np.ndarray, np.ndarray]:
-    """The most prominent face of an RGB image [H, W, 3] uint8.
+    """The largest face of an RGB image [H, W, 3] uint8, or face number `face` (see detect_face_landmarks).
 
     Returns (landmarks [68, 2], irises [2, 5, 2]) in image pixels (x right, y down; a pixel's centre is at +0.5).
     The irises are in image order (the one further left first), each its centre then four rim points.
     Raises InputError when no face is found, naming the way round it (a landmark file)."""
-    image = check_image(image, source)
-    try:
-        from mediapipe.python.solutions import face_mesh
-    except ImportError as exc:
-        raise Next3DError(f"Face detection needs mediapipe, which cannot be imported ({exc}); install the project's "
-                          "requirements (pip install mediapipe==0.10.14), or give the 68 landmarks in a file "
-                          "(--landmarks).") from None
-    with face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1, refine_landmarks=True,
-                            min_detection_confidence=0.5) as mesh:
-        found = mesh.process(image)
-    if not found.multi_face_landmarks:
-        raise InputError(f"No face was found in {source}. Give a photo with one face, seen from the front or the "
-                         "side and not much smaller than the image, or give its 68 landmarks in a file "
-                         "(--landmarks, .npy/.txt/.json [68, 2] in pixels).")
-    h, w = image.shape[:2]
-    pts = np.array([(p.x * w, p.y * h) for p in found.multi_face_landmarks[0].landmark], dtype=np.float32)
-    landmarks = pts[IBUG68_FROM_MEDIAPIPE]
-    irises = np.stack([pts[_IRIS_FIRST:_IRIS_FIRST + 5], pts[_IRIS_FIRST + 5:_IRIS_FIRST + 10]])
-    if irises[0, 0, 0] > irises[1, 0, 0]:
-        irises = irises[::-1].copy()
-    return landmarks, irises
+    found = detect_face_landmarks(image, face=face, source=source)
+    return found.landmarks, found.irises
 
 
 def read_landmarks_file(path: Union[str, Path]) -> np.ndarray:

@@ -21,7 +21,7 @@ from ..flame.params import FlameParams
 from ..rendering.camera import FFHQ_PIVOT, look_at_cam2world
 from .crop import Crop, ffhq_crop, warp_image
 from .fit import fit_eye_pose, fit_flame, head_pivot_in_crop, order_iris
-from .landmarks import check_image, check_landmarks, detect_landmarks
+from .landmarks import check_image, check_landmarks, detect_face_landmarks
 
 __all__ = ["Portrait", "preprocess_portrait"]
 
@@ -43,13 +43,14 @@ class Portrait:
     eye_error_px: Optional[float] = None  # mean iris error after the eye fit, crop pixels
     crop: Optional[Crop] = None           # the square in the source photo (None when the photo was already aligned)
     warnings: List[str] = field(default_factory=list)
+    faces_note: Optional[str] = None      # how many faces the detector found, where, and which one was used
 
 
 def preprocess_portrait(image: np.ndarray, flame: FlameModel, *, resolution: int,
                         landmarks: Optional[np.ndarray] = None, camera: Optional[torch.Tensor] = None,
                         fit_eyes: bool = True, steps: int = 300,
                         progress: Optional[Callable[[str, int, int], None]] = None,
-                        source: str = "the portrait") -> Portrait:
+                        source: str = "the portrait", face: Optional[int] = None) -> Portrait:
     """Preprocess a portrait [H, W, 3] uint8 for a generator of `resolution` pixels.
 
     landmarks: 68 iBUG points [68, 2] in the photo's pixels, instead of detecting them (then the irises are
@@ -57,12 +58,18 @@ def preprocess_portrait(image: np.ndarray, flame: FlameModel, *, resolution: int
     camera: the crop's camera label [25]; the photo is then taken as aligned (square), resized, and only FLAME
         is fitted.
     progress: called as progress(stage, done, total) with stage "flame" or "eyes".
+    face: which face of a photo with several (1-based, left to right; default the largest), see
+        core/portrait/faces.py.
     """
     image = check_image(image, source)
     warnings: List[str] = []
-    irises = None
+    irises, faces_note = None, None
     if landmarks is None:
-        landmarks, irises = detect_landmarks(image, source=source)
+        found = detect_face_landmarks(image, face=face, source=source)
+        landmarks, irises, faces_note = found.landmarks, found.irises, found.describe()
+    elif face is not None:
+        raise InputError(f"A face number ({face}) chooses among the faces detected in {source}; with its landmarks "
+                         "given in a file there is nothing to choose. Drop one of them.")
     landmarks = np.asarray(landmarks, dtype=np.float32)
     if landmarks.shape != (68, 2) or not np.isfinite(landmarks).all():
         raise InputError(f"The landmarks of {source} must be 68 finite (x, y) pixel positions, got an array of shape "
@@ -114,7 +121,7 @@ def preprocess_portrait(image: np.ndarray, flame: FlameModel, *, resolution: int
                         "avatar may not match the photo. Check the landmarks, or give them in a file.")
     return Portrait(image=image_out, landmarks=crop_landmarks, eye_landmarks=eye_landmarks, camera=fit.camera,
                     flame=params, mesh_input=mesh_input, fit_error_px=fit.error_px, eye_error_px=eye_error,
-                    crop=aligned_crop, warnings=warnings)
+                    crop=aligned_crop, warnings=warnings, faces_note=faces_note)
 
 
 def depth_scale(depth: float) -> float:

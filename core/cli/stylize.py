@@ -70,8 +70,9 @@ def stylize_command(source: str, target: str, clip_path: Optional[str], clip_voc
     vocab = Path(clip_vocab) if clip_vocab else default_vocab_path(clip_path)
     tokenizer = load_tokenizer(vocab, clip.config.vocab_size, clip.config.context_length,
                                weights_path=None if clip_vocab else clip_path)
-    generator, default_v = load_model(model, device)
-    mesh_input = default_v()
+    loaded = load_model(model, device)
+    generator = loaded.generator
+    mesh_input = loaded.default_mesh()
 
     bar = None
     if not quiet:

@@ -2,15 +2,18 @@
 (docs/architecture.md#cost-of-the-official-code).
 
 Prints one JSON line: per-stage seconds of an uncached frame, the median time of an uncached frame (identity +
-frame) and of a cached animation frame (identity computed once), and the peak RSS. Never asserts.
+frame) and of a cached animation frame (identity computed once), and the peak RSS. Never asserts. One uncached
+frame is run first and not counted: the first frame of a process is a cold start. bench/precision.py compares the
+precisions side by side.
 
-    .venv/bin/python bench/frame.py [--threads 2] [--runs 3] [--small]
+    .venv/bin/python bench/frame.py [--threads 2] [--runs 3] [--small] [--precision fp32]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import sys
@@ -30,6 +33,8 @@ from core.rendering import orthographic  # noqa: E402
 from core.rendering.camera import ffhq_camera  # noqa: E402
 
 REFERENCE = ROOT.parent / "shared" / "reference" / "next3d_small"
+# The official code on the same 2 CPU threads, same mesh and size (docs/architecture.md#cost-of-the-official-code).
+OFFICIAL_2_THREADS_S = {"frame": 13.0, "rasterization": 7.0}
 
 
 def mesh_and_topology():
@@ -83,13 +88,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--small", action="store_true", help="the narrow reference width instead of FFHQ-512")
+    parser.add_argument("--precision", default="fp32", help="Next3DGenerator.set_precision: fp32, fp32-fast, bf16")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     mesh_name, v, topology, sizes = mesh_and_topology()
     config = Next3DConfig(channel_base=2048, channel_max=32, **sizes) if args.small else Next3DConfig(**sizes)
     t0 = time.perf_counter()
     torch.manual_seed(0)
-    generator = Next3DGenerator(config, topology).eval().requires_grad_(False)
+    generator = Next3DGenerator(config, topology).eval().requires_grad_(False).set_precision(args.precision)
     build_s = time.perf_counter() - t0
     timer = StageTimer(generator)
     c = ffhq_camera(0.4, -0.2)[None]
@@ -97,6 +103,11 @@ def main() -> None:
     uncached, cached, stages = [], [], []
     with torch.no_grad():
         ws = generator.mapping(z, ffhq_camera()[None])
+        t0 = time.perf_counter()
+        warm_identity = generator.make_identity(ws)
+        generator.render_frame(warm_identity, v, c, generator=torch.Generator().manual_seed(0))
+        warmup_s = time.perf_counter() - t0
+        del warm_identity
         for run in range(args.runs):
             timer.reset()
             rng = torch.Generator().manual_seed(run)
@@ -115,11 +126,12 @@ def main() -> None:
     result = {
         "bench": "frame", "config": "small (2048/32)" if args.small else "FFHQ-512 (32768/512)", "mesh": mesh_name,
         "device": "cpu", "torch": torch.__version__, "threads": torch.get_num_threads(), "runs": args.runs,
-        "build_s": round(build_s, 2),
+        "precision": args.precision, "load_average": [round(x, 2) for x in os.getloadavg()],
+        "build_s": round(build_s, 2), "warmup_uncached_frame_s": round(warmup_s, 3),
         "uncached_frame_s": round(statistics.median(uncached), 3),
         "cached_animation_frame_s": round(statistics.median(cached), 3),
         "stages_uncached_s": median_stages,
-        "official_reference_s": {"frame": 28.6, "rasterization": 14.5},
+        "official_2_threads_s": OFFICIAL_2_THREADS_S,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
     print(json.dumps(result))

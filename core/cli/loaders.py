@@ -17,14 +17,16 @@ from ..errors import InputError, Next3DError
 from .options import Avatar, FlameFiles, MeshFiles
 
 __all__ = ["load_model", "load_head", "check_head", "HeadMesh", "head_mesh", "set_threads", "avatar_identity",
-           "render_record", "check_output_dir"]
+           "render_record", "precision_record", "check_output_dir"]
 
 
-def load_model(model: Optional[str], device: str):
-    """core.session.LoadedModel of --model (None: the bundled default, which is named on stderr)."""
+def load_model(model: Optional[str], device: str, precision: str = "fp32"):
+    """core.session.LoadedModel of --model (None: the bundled default, which is named on stderr), computing in
+    `precision` (--precision)."""
     from ..session import load_model as load
 
     loaded = load(model, device)
+    loaded.generator.set_precision(precision)
     if model is None:
         click.echo(f"model: {loaded.description}", err=True)
     return loaded
@@ -149,6 +151,12 @@ def render_record(model: Optional[str], avatar: Avatar, flame=None, **settings) 
     from ..session import render_record as record
 
     return record(model, avatar.session(), flame, **settings)
+
+
+def precision_record(precision: str) -> dict:
+    """What a sequence's settings record says of --precision: nothing for fp32, so folders rendered before the
+    option existed still resume; the name otherwise, so frames of two precisions never share a folder."""
+    return {} if precision == "fp32" else {"precision": precision}
 
 
 def check_output_dir(path) -> Path:

@@ -17,7 +17,8 @@ import click
 from click.core import ParameterSource
 
 __all__ = ["Avatar", "MeshFiles", "FlameFiles", "bundle", "given", "model_option", "device_option", "threads_option",
-           "THREADS_NOTE", "avatar_options", "avatar_seeds_options", "mesh_options", "flame_options"]
+           "THREADS_NOTE", "PRECISION_NAMES", "precision_option", "avatar_options", "avatar_seeds_options",
+           "mesh_options", "flame_options"]
 
 
 def bundle(into: str, build: Callable[..., Any], *options: Callable) -> Callable:
@@ -49,6 +50,17 @@ model_option = click.option("--model", type=click.Path(dir_okay=False),
                             help="Official .pkl or .safetensors (default: bundled).")
 
 device_option = click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+
+
+# The names of core/networks/precision.py's PRECISIONS, written here so that --help loads no torch (test_cli checks
+# that the two lists agree).
+PRECISION_NAMES = ("fp32", "fp32-fast", "bf16")
+
+precision_option = click.option(
+    "--precision", type=click.Choice(PRECISION_NAMES), default="fp32", show_default=True,
+    help="How the networks compute: fp32 reproduces the official code; fp32-fast reorders it (float32 rounding "
+         "apart, the same); bf16 runs the convolutions in bfloat16, about 2x faster on CPUs with AVX-512 BF16 or "
+         "AMX and invisibly close (docs/architecture.md#cost-of-our-code).")
 
 
 # What the thread count changes in a render: the frames' bytes.

@@ -13,10 +13,10 @@ from typing import Optional, Tuple
 import click
 
 from ..errors import Next3DError
-from .loaders import (avatar_identity, check_head, check_output_dir, head_mesh, load_head, load_model, render_record,
-                      set_threads)
+from .loaders import (avatar_identity, check_head, check_output_dir, head_mesh, load_head, load_model,
+                      precision_record, render_record, set_threads)
 from .options import (THREADS_NOTE, Avatar, FlameFiles, MeshFiles, avatar_options, bundle, device_option, flame_options,
-                      given, mesh_options, model_option, threads_option)
+                      given, mesh_options, model_option, precision_option, threads_option)
 
 
 @dataclass(frozen=True)
@@ -90,9 +90,10 @@ sequence_options = bundle(
                    "landmarks [frames, 5091, 3].")
 @sequence_options
 @threads_option(THREADS_NOTE)
+@precision_option
 def render_command(model: Optional[str], avatar: Avatar, yaw: float, pitch: float, fov: float, mesh: MeshFiles,
                    flame: FlameFiles, sample_seed: int, device: str, out: Optional[str], sequence: Optional[str],
-                   seq: SequenceOptions, threads: Optional[int]) -> None:
+                   seq: SequenceOptions, threads: Optional[int], precision: str) -> None:
     """Render one frame of an avatar (--out), or every frame of an animation (--sequence + --out-dir).
 
     Sequences resume: frames already in --out-dir are skipped, so run the same command again after an
@@ -116,9 +117,9 @@ def render_command(model: Optional[str], avatar: Avatar, yaw: float, pitch: floa
     set_threads(threads)
     _check_mode(out, sequence, mesh, seq)
     if sequence is None:
-        _render_frame(model, avatar, yaw, pitch, fov, mesh, flame, sample_seed, device, out)
+        _render_frame(model, avatar, yaw, pitch, fov, mesh, flame, sample_seed, device, out, precision)
     else:
-        _render_sequence(model, avatar, yaw, pitch, fov, flame, sample_seed, device, sequence, seq)
+        _render_sequence(model, avatar, yaw, pitch, fov, flame, sample_seed, device, sequence, seq, precision)
 
 
 def _check_mode(out: Optional[str], sequence: Optional[str], mesh: MeshFiles, seq: SequenceOptions) -> None:
@@ -144,7 +145,7 @@ def _check_mode(out: Optional[str], sequence: Optional[str], mesh: MeshFiles, se
 
 
 def _render_frame(model: Optional[str], avatar: Avatar, yaw: float, pitch: float, fov: float, mesh: MeshFiles,
-                  flame: FlameFiles, sample_seed: int, device: str, out: str) -> None:
+                  flame: FlameFiles, sample_seed: int, device: str, out: str, precision: str) -> None:
     import torch
 
     from ..flame.conversions import Placement, fold_head_pose_into_label
@@ -152,7 +153,7 @@ def _render_frame(model: Optional[str], avatar: Avatar, yaw: float, pitch: float
     from ..rendering.camera import ffhq_camera
 
     check_output_dir(Path(out).resolve().parent)
-    loaded = load_model(model, device)
+    loaded = load_model(model, device, precision)
     head = head_mesh(mesh, flame, loaded)
     _, identity = avatar_identity(loaded.generator, avatar, device)
     camera = ffhq_camera(yaw, pitch, fov)[None]
@@ -168,7 +169,7 @@ def _render_frame(model: Optional[str], avatar: Avatar, yaw: float, pitch: float
 
 
 def _render_sequence(model: Optional[str], avatar: Avatar, yaw: float, pitch: float, fov: float, flame: FlameFiles,
-                     sample_seed: int, device: str, sequence: str, seq: SequenceOptions) -> None:
+                     sample_seed: int, device: str, sequence: str, seq: SequenceOptions, precision: str) -> None:
     from ..sequence.cameras import camera_track
     from ..sequence.render import is_flame_animation, render_sequence, sequence_source
 
@@ -199,12 +200,13 @@ def _render_sequence(model: Optional[str], avatar: Avatar, yaw: float, pitch: fl
                                  "it.", param_hint="--frames")
     check_output_dir(seq.out_dir)
 
-    loaded = load_model(model, device)
+    loaded = load_model(model, device, precision)
     _check_sequence_head(loaded, head, sequence, flame)
     _, identity = avatar_identity(loaded.generator, avatar, device)
     settings = render_record(model, avatar, head, kind="render --sequence", sequence=str(Path(sequence).resolve()),
                              camera=seq.camera or "auto", smooth_camera=seq.smooth_camera, yaw=yaw, pitch=pitch,
-                             fov=fov, sample_seed=sample_seed, image_mode=seq.image_mode)
+                             fov=fov, sample_seed=sample_seed, image_mode=seq.image_mode,
+                             **precision_record(precision))
     click.echo(f"{source.description}: {len(source)} frames, {track.description}", err=True)
     result = render_sequence(loaded.generator, identity, source, seq.out_dir, frame_range=frame_range,
                              batch_size=seq.batch, overwrite=seq.overwrite, seed=sample_seed, progress=not seq.quiet,

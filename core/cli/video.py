@@ -8,9 +8,10 @@ from typing import Optional
 
 import click
 
-from .loaders import avatar_identity, check_output_dir, head_mesh, load_model, render_record, set_threads
+from .loaders import (avatar_identity, check_output_dir, head_mesh, load_model, precision_record, render_record,
+                      set_threads)
 from .options import (THREADS_NOTE, Avatar, FlameFiles, MeshFiles, avatar_seeds_options, device_option, flame_options,
-                      mesh_options, model_option, threads_option)
+                      mesh_options, model_option, precision_option, threads_option)
 
 
 @click.command("video")
@@ -37,10 +38,11 @@ from .options import (THREADS_NOTE, Avatar, FlameFiles, MeshFiles, avatar_seeds_
 @click.option("--overwrite", is_flag=True, help="Re-render frames left in --frames-dir by an earlier run.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @threads_option(THREADS_NOTE)
+@precision_option
 def video_command(model: Optional[str], avatar: Avatar, frames: int, mesh: MeshFiles, flame: FlameFiles, fps: float,
                   image_mode: str, sample_mult: float, sample_seed: int, batch: int, device: str, out: str,
                   frames_dir: Optional[str], keep_frames: bool, overwrite: bool, quiet: bool,
-                  threads: Optional[int]) -> None:
+                  threads: Optional[int], precision: str) -> None:
     """Orbit video of avatars on one fixed mesh, as the official gen_videos script (camera yaw 0.35 and pitch
     0.25 radians about the frontal view, two orbits per video).
 
@@ -70,7 +72,7 @@ def video_command(model: Optional[str], avatar: Avatar, frames: int, mesh: MeshF
     frames_dir = Path(frames_dir) if frames_dir else out_path.with_name(out_path.stem + "_frames")
     check_output_dir(frames_dir)
 
-    loaded = load_model(model, device)
+    loaded = load_model(model, device, precision)
     generator = loaded.generator
     head = head_mesh(mesh, flame, loaded)
     v = head.v
@@ -100,7 +102,7 @@ def video_command(model: Optional[str], avatar: Avatar, frames: int, mesh: MeshF
     source = StaticMeshSource(v[0], n_frames, cameras, ws=ws_of)
     settings = render_record(model, avatar, head.head, kind="video", seeds=seeds, frames=frames,
                              mesh=str(Path(mesh.mesh).resolve()) if mesh.mesh else None, image_mode=image_mode,
-                             sample_mult=sample_mult, sample_seed=sample_seed)
+                             sample_mult=sample_mult, sample_seed=sample_seed, **precision_record(precision))
     click.echo(f"{n_frames} frames ({len(seeds)} seeds x {frames}) into {frames_dir}", err=True)
     ensure_writable_dir(out_path.resolve().parent)
     result = render_sequence(generator, identity, source, frames_dir, batch_size=batch, seed=sample_seed,

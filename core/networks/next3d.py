@@ -22,6 +22,7 @@ from ..errors import InputError
 from ..rendering import orthographic
 from ..rendering.volume import (NEXT3D_PLANE_AXES, RandomDraws, RenderingOptions, render_planes, sample_from_planes,
                                 sample_rays)
+from .precision import FP32, Precision, precision_named
 from .stylegan2 import NOISE_MODES, FullyConnectedLayer, StyleGAN2Generator
 from .styleunet import StyleUNetGenerator
 from .superresolution import SuperresolutionHybrid8XDC
@@ -137,9 +138,15 @@ class OSGDecoder(nn.Module):
         super().__init__()
         self.net = nn.Sequential(FullyConnectedLayer(n_features, hidden, lr_multiplier=lr_mul), nn.Softplus(),
                                  FullyConnectedLayer(hidden, 1 + n_features, lr_multiplier=lr_mul))
+        self.precision = FP32
 
     def forward(self, sampled: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        x = sampled.mean(1)
+        if self.precision.fast and sampled.stride(2) == 1:
+            # sample_from_planes leaves the points innermost: reducing in that layout is several times faster than
+            # mean(1), which writes a channels-innermost result (the same sums).
+            x = sampled.transpose(2, 3).mean(1).transpose(1, 2)
+        else:
+            x = sampled.mean(1)
         n, m, c = x.shape
         x = self.net(x.reshape(n * m, c)).reshape(n, m, -1)
         rgb = torch.sigmoid(x[..., 1:]) * (1 + 2 * 0.001) - 0.001
@@ -197,6 +204,7 @@ class Next3DGenerator(nn.Module):
         self.register_buffer("uv_face_mask", torch.ones(1, 1, cfg.texture_resolution, cfg.texture_resolution),
                              persistent=False)
         self.register_buffer("plane_axes", NEXT3D_PLANE_AXES.clone(), persistent=False)
+        self.precision = FP32  # set with set_precision; not saved with the weights
         if topology is not None:
             self.set_topology(topology)
 
@@ -222,6 +230,16 @@ class Next3DGenerator(nn.Module):
             mask = topology.uv_face_mask.to(torch.float32)[None, None]
             # Nearest resize to the texture size, as the official code does with its mask image.
             self.uv_face_mask.copy_(F.interpolate(mask, size=self.uv_face_mask.shape[-2:], mode="nearest"))
+
+    def set_precision(self, precision: str) -> "Next3DGenerator":
+        """How the generator computes: 'fp32' (default, reproduces the official code), 'fp32-fast' or 'bf16'
+        (core/networks/precision.py; costs and differences in docs/architecture.md#cost-of-our-code). Meant for
+        inference; not saved with the weights; returns self."""
+        mode = precision_named(precision)
+        for module in self.modules():
+            if isinstance(getattr(module, "precision", None), Precision):
+                module.precision = mode
+        return self
 
     # ---------------------------------------------------------------------------------------------- mapping
 
@@ -305,10 +323,13 @@ class Next3DGenerator(nn.Module):
         dynamic = torch.cat([blend_out, feats[1] + feats[2], feats[3]], 1).view(*identity.static_planes.shape)
         alpha = alphas.unsqueeze(2)
         planes = dynamic * alpha + identity.static_planes * (1 - alpha)
+        if self.precision.fast:
+            # Channels innermost: grid_sample reads all 32 features of a texel at once, several times faster.
+            planes = planes.flatten(0, 1).contiguous(memory_format=torch.channels_last).view(planes.shape)
         if record is not None:
             record.update(textures=identity.textures, alpha_views=alphas, mouth_box=boxes, mouth_in=mouth_in,
-                          mouth_plane=mouth_plane, blend_out=blend_out, static_plane=identity.static_planes.flatten(1, 2),
-                          planes=planes)
+                          mouth_plane=mouth_plane, blend_out=blend_out,
+                          static_plane=identity.static_planes.flatten(1, 2), planes=planes)
             for k, r in enumerate(raster):
                 record[f"raster_view{k}"] = r
             if b == 1:

@@ -15,6 +15,7 @@ import torch.nn as nn
 
 from ..ops.bias_act import DEFAULT_GAIN, bias_act
 from ..ops.resample import conv2d_resample, setup_filter, upsample2d
+from .precision import FP32
 
 NOISE_MODES = ("const", "random", "none")
 
@@ -71,13 +72,21 @@ class Conv2dLayer(nn.Module):
         self.act_gain = DEFAULT_GAIN[activation]
         self.weight = nn.Parameter(torch.randn([out_channels, in_channels, kernel_size, kernel_size]))
         self.bias = nn.Parameter(torch.zeros([out_channels])) if bias else None
+        self.precision = FP32
 
     def forward(self, x: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
+        clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
+        resample = dict(f=self.resample_filter, up=self.up, down=self.down, padding=self.padding,
+                        flip_weight=(self.up == 1))
+        if self.precision.fast:
+            # Gain and bias inside the convolution (lrelu and linear commute with a positive gain).
+            g = self.act_gain * gain
+            b = (self.bias * g).to(x.dtype) if self.bias is not None else None
+            x = conv2d_resample(x, (self.weight * (self.weight_gain * g)).to(x.dtype), bias=b, **resample)
+            return bias_act(x, act=self.activation, gain=1, clamp=clamp, fresh=True)
         w = (self.weight * self.weight_gain).to(x.dtype)
         b = self.bias.to(x.dtype) if self.bias is not None else None
-        x = conv2d_resample(x, w, f=self.resample_filter, up=self.up, down=self.down, padding=self.padding,
-                            flip_weight=(self.up == 1))
-        clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
+        x = conv2d_resample(x, w, **resample)
         return bias_act(x, b, act=self.activation, gain=self.act_gain * gain, clamp=clamp)
 
 
@@ -159,9 +168,48 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
     w = w.reshape(-1, in_ch, kh, kw)
     x = conv2d_resample(x, w.to(x.dtype), f=resample_filter, up=up, padding=padding, groups=n,
                         flip_weight=flip_weight)
-    x = x.reshape(n, -1, *x.shape[2:])
+    x = x.reshape(n, -1, *x.shape[2:])  # for a batch of 1 this view has odd strides (precision.Precision.fast)
     if noise is not None:
-        x = x + noise
+        x = x + noise.to(x.dtype)
+    return x
+
+
+def fast_modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, *,
+                          noise: Optional[torch.Tensor] = None, up: int = 1, padding: int = 0,
+                          resample_filter: Optional[torch.Tensor] = None, demodulate: bool = True,
+                          flip_weight: bool = True, bias: Optional[torch.Tensor] = None,
+                          gain: float = 1.0) -> torch.Tensor:
+    """gain * (modulated_conv2d(fused) + bias) in fewer passes over memory (precision.Precision.fast).
+
+    The demodulation coefficients come from sum_k weight^2 @ styles^2, without the per-sample weights; those are
+    written once, in x's dtype, with styles, coefficients and gain in one product; the bias is added by the
+    convolution and the noise in place; a batch of 1 keeps its channels-last strides.
+    """
+    n = x.shape[0]
+    out_ch, in_ch, kh, kw = weight.shape
+    scale = styles.reshape(n, 1, in_ch)
+    if demodulate:
+        dcoefs = (styles.square() @ weight.square().sum(dim=[2, 3]).t() + 1e-8).rsqrt()  # [n, out]
+        scale = scale * (dcoefs * gain).reshape(n, out_ch, 1)
+    elif gain != 1:
+        scale = scale * gain
+    scale = scale.reshape(n, -1, in_ch, 1, 1)
+    if torch.is_grad_enabled() and (weight.requires_grad or scale.requires_grad):
+        w = (weight.unsqueeze(0) * scale).to(x.dtype)  # out= below has no autograd
+    else:
+        w = torch.empty([n, out_ch, in_ch, kh, kw], dtype=x.dtype, device=x.device)
+        torch.mul(weight.unsqueeze(0), scale, out=w)
+    if n > 1:
+        x = x.reshape(1, -1, *x.shape[2:])
+    if bias is not None:
+        bias = (bias * gain).to(x.dtype).repeat(n)
+    x = conv2d_resample(x, w.reshape(-1, in_ch, kh, kw), f=resample_filter, up=up, padding=padding, groups=n,
+                        flip_weight=flip_weight, bias=bias)
+    if n > 1:
+        x = x.reshape(n, -1, *x.shape[2:])
+    if noise is not None:
+        noise = (noise * gain if gain != 1 else noise).to(x.dtype)
+        x = x + noise if torch.is_grad_enabled() else x.add_(noise)
     return x
 
 
@@ -184,6 +232,7 @@ class SynthesisLayer(nn.Module):
         self.register_buffer("noise_const", torch.randn([resolution, resolution]))
         self.noise_strength = nn.Parameter(torch.zeros([]))
         self.bias = nn.Parameter(torch.zeros([out_channels]))
+        self.precision = FP32
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, noise_mode: str = "const", fused_modconv: bool = True,
                 gain: float = 1.0) -> torch.Tensor:
@@ -194,10 +243,14 @@ class SynthesisLayer(nn.Module):
                 self.noise_strength
         elif noise_mode == "const":
             noise = self.noise_const * self.noise_strength
-        x = modulated_conv2d(x, self.weight, styles, noise=noise, up=self.up, padding=self.padding,
-                             resample_filter=self.resample_filter, flip_weight=(self.up == 1),
-                             fused_modconv=fused_modconv)
         clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
+        common = dict(noise=noise, up=self.up, padding=self.padding, resample_filter=self.resample_filter,
+                      flip_weight=(self.up == 1))
+        if self.precision.fast and fused_modconv:
+            # lrelu(g * y) = g * lrelu(y) for g > 0: the gain goes into the convolution.
+            x = fast_modulated_conv2d(x, self.weight, styles, bias=self.bias, gain=self.act_gain * gain, **common)
+            return bias_act(x, act="lrelu", gain=1, clamp=clamp, fresh=True)
+        x = modulated_conv2d(x, self.weight, styles, fused_modconv=fused_modconv, **common)
         return bias_act(x, self.bias.to(x.dtype), act="lrelu", gain=self.act_gain * gain, clamp=clamp)
 
 
@@ -211,9 +264,13 @@ class ToRGBLayer(nn.Module):
         self.weight = nn.Parameter(torch.randn([out_channels, in_channels, 1, 1]))
         self.bias = nn.Parameter(torch.zeros([out_channels]))
         self.weight_gain = 1 / math.sqrt(in_channels)
+        self.precision = FP32
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, fused_modconv: bool = True) -> torch.Tensor:
         styles = self.affine(w) * self.weight_gain
+        if self.precision.fast and fused_modconv:
+            x = fast_modulated_conv2d(x, self.weight, styles, demodulate=False, bias=self.bias)
+            return bias_act(x, clamp=self.conv_clamp, fresh=True)
         x = modulated_conv2d(x, self.weight, styles, demodulate=False, fused_modconv=fused_modconv)
         return bias_act(x, self.bias.to(x.dtype), clamp=self.conv_clamp)
 
@@ -241,6 +298,7 @@ class SynthesisBlock(nn.Module):
                                     conv_clamp=conv_clamp)
         self.num_conv += 1
         self.torgb = ToRGBLayer(out_channels, img_channels, w_dim=w_dim, conv_clamp=conv_clamp)
+        self.precision = FP32
 
     def forward(self, x: Optional[torch.Tensor], img: Optional[torch.Tensor], ws: torch.Tensor,
                 noise_mode: str = "const", fused_modconv: Optional[bool] = None
@@ -250,13 +308,14 @@ class SynthesisBlock(nn.Module):
         w_iter = iter(ws.unbind(dim=1))
         if self.in_channels == 0:
             x = self.const.unsqueeze(0).repeat([ws.shape[0], 1, 1, 1])
-        x = x.contiguous(memory_format=MEMORY_FORMAT)
+        x = self.precision.inside(x).contiguous(memory_format=MEMORY_FORMAT)
         if self.in_channels != 0:
             x = self.conv0(x, next(w_iter), noise_mode=noise_mode, fused_modconv=fused_modconv)
         x = self.conv1(x, next(w_iter), noise_mode=noise_mode, fused_modconv=fused_modconv)
         if img is not None:
             img = upsample2d(img, self.resample_filter)
-        y = self.torgb(x, next(w_iter), fused_modconv=fused_modconv)
+        # The skip image is summed in float32 in every precision: it is the network's output.
+        y = self.precision.outside(self.torgb(x, next(w_iter), fused_modconv=fused_modconv))
         img = img + y if img is not None else y
         return x, img
 

@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 
 from ..ops.resample import downsample2d, setup_filter
+from .precision import FP32
 from .stylegan2 import MEMORY_FORMAT, Conv2dLayer, MappingNetwork, SynthesisNetwork, channels_for
 
 
@@ -61,12 +62,13 @@ class StyleUNetSynthesis(SynthesisNetwork):
         self.fusion = nn.ModuleList(
             Conv2dLayer(ch(res) * (2 if res > final_size else 1), ch(res), 3)
             for res in self.encoder_res[::-1])
+        self.precision = FP32
 
     def forward(self, condition: torch.Tensor, ws: torch.Tensor, noise_mode: str = "const",
                 fused_modconv: Optional[bool] = None) -> torch.Tensor:
         block_ws = self.split_ws(ws.to(torch.float32))
         features = []
-        image, feat = condition.contiguous(memory_format=MEMORY_FORMAT), None
+        image, feat = self.precision.inside(condition).contiguous(memory_format=MEMORY_FORMAT), None
         for block in self.encoder:
             image, feat = block(image, feat)
             features.append(feat)

@@ -14,11 +14,11 @@ DEFAULT_GAIN = {"linear": 1.0, "lrelu": math.sqrt(2.0)}
 
 
 def bias_act(x: torch.Tensor, b: Optional[torch.Tensor] = None, act: str = "linear", gain: Optional[float] = None,
-             clamp: Optional[float] = None) -> torch.Tensor:
+             clamp: Optional[float] = None, fresh: bool = False) -> torch.Tensor:
     """x + b (along dim 1), then the activation, then * gain, then clamp to [-clamp, clamp].
 
     `gain=None` means the activation's default gain. The order (gain before clamp) matters for the clamped
-    super-resolution layers.
+    super-resolution layers. `fresh=True` says x is a temporary of the caller's, which the steps may overwrite.
     """
     if act not in DEFAULT_GAIN:
         raise ValueError(f"unknown activation {act!r}; expected one of {sorted(DEFAULT_GAIN)}")
@@ -27,7 +27,6 @@ def bias_act(x: torch.Tensor, b: Optional[torch.Tensor] = None, act: str = "line
     # Without autograd, every step after the first works in place on the fresh tensor the first step made: the
     # same arithmetic, but one pass over memory less per step (these tensors reach 128 x 512 x 512).
     inplace = not (torch.is_grad_enabled() and (x.requires_grad or (b is not None and b.requires_grad)))
-    fresh = False
     if b is not None:
         x = x + b.reshape([1, -1] + [1] * (x.ndim - 2))
         fresh = True

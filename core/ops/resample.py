@@ -8,7 +8,7 @@ for exactness.
 
 from __future__ import annotations
 
-from typing import Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -36,8 +36,9 @@ def _parse_padding(padding: Padding) -> Tuple[int, int, int, int]:
 
 
 def upfirdn2d(x: torch.Tensor, f: torch.Tensor, up: int = 1, down: int = 1, padding: Padding = 0,
-              gain: float = 1.0, flip_filter: bool = False) -> torch.Tensor:
-    """Upsample (zero insertion), pad, FIR-filter and downsample a batch of images [N, C, H, W]."""
+              gain: float = 1.0, flip_filter: bool = False, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Upsample (zero insertion), pad, FIR-filter and downsample a batch of images [N, C, H, W]; `bias` [C] is
+    added by the filter's convolution."""
     n, c, h, w = x.shape
     px0, px1, py0, py1 = _parse_padding(padding)
     if up > 1:
@@ -52,11 +53,11 @@ def upfirdn2d(x: torch.Tensor, f: torch.Tensor, up: int = 1, down: int = 1, padd
     weight = f[None, None].expand(c, 1, *f.shape)
     if px0 == px1 == py0 == py1 and px0 >= 0:
         # Symmetric zero padding inside the convolution: the same result without copying a padded image.
-        x = F.conv2d(x, weight, padding=px0, groups=c)
+        x = F.conv2d(x, weight, bias, padding=px0, groups=c)
     else:
         x = F.pad(x, [max(px0, 0), max(px1, 0), max(py0, 0), max(py1, 0)])
         x = x[:, :, max(-py0, 0): x.shape[2] - max(-py1, 0), max(-px0, 0): x.shape[3] - max(-px1, 0)]
-        x = F.conv2d(x, weight, groups=c)
+        x = F.conv2d(x, weight, bias, groups=c)
     if down > 1:
         x = x[:, :, ::down, ::down]
     return x
@@ -77,12 +78,13 @@ def downsample2d(x: torch.Tensor, f: torch.Tensor, down: int = 2) -> torch.Tenso
 
 
 def conv2d_resample(x: torch.Tensor, w: torch.Tensor, f: torch.Tensor = None, up: int = 1, down: int = 1,
-                    padding: int = 0, groups: int = 1, flip_weight: bool = True) -> torch.Tensor:
+                    padding: int = 0, groups: int = 1, flip_weight: bool = True,
+                    bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Convolution combined with FIR up- or downsampling, as StyleGAN2 computes it.
 
     `w` is [out, in/groups, kh, kw]. `flip_weight=True` means correlation (what F.conv2d does). Only the cases the
     networks use are supported: plain conv, 1x1 conv, up=2 (transposed conv then FIR) and down=2 (FIR then strided
-    conv).
+    conv). `bias` [out], when given, is added by the last convolution (saves a pass over the output).
     """
     out_ch, in_per_group, kh, kw = w.shape
     if up > 1 and down > 1:
@@ -106,7 +108,7 @@ def conv2d_resample(x: torch.Tensor, w: torch.Tensor, f: torch.Tensor = None, up
         if flip_weight and (kw > 1 or kh > 1):
             wt = wt.flip([2, 3])
         x = F.conv_transpose2d(x, wt, stride=up, padding=pt, groups=groups)
-        return upfirdn2d(x, f, padding=[p0 + pt, p1 + pt, p0 + pt, p1 + pt], gain=up * up)
+        return upfirdn2d(x, f, padding=[p0 + pt, p1 + pt, p0 + pt, p1 + pt], gain=up * up, bias=bias)
     if not flip_weight and (kw > 1 or kh > 1):
         w = w.flip([2, 3])
     if down > 1:
@@ -115,8 +117,8 @@ def conv2d_resample(x: torch.Tensor, w: torch.Tensor, f: torch.Tensor = None, up
             # 1x1: decimate first (cheaper), then convolve.
             q0, q1 = p0 + (fk - down + 1) // 2, p1 + (fk - down) // 2
             x = upfirdn2d(x, f, down=down, padding=[q0, q1, q0, q1])
-            return F.conv2d(x, w, groups=groups)
+            return F.conv2d(x, w, bias, groups=groups)
         q0, q1 = p0 + (fk - down + 1) // 2, p1 + (fk - down) // 2
         x = upfirdn2d(x, f, padding=[q0, q1, q0, q1])
-        return F.conv2d(x, w, stride=down, groups=groups)
-    return F.conv2d(x, w, padding=padding, groups=groups)
+        return F.conv2d(x, w, bias, stride=down, groups=groups)
+    return F.conv2d(x, w, bias, padding=padding, groups=groups)

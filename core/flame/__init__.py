@@ -7,8 +7,9 @@ from ..lazy_exports import lazy_exports
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "animation": ["FlameSequence", "list_obj_sequence", "load_sequence", "read_obj_sequence", "save_sequence"],
-    "conversions": ["FLAME_TO_WORLD_SCALE", "VIEW_OFFSETS", "flame_to_world", "flame_transform_to_world",
-                    "fold_head_pose_into_camera", "fold_head_pose_into_label", "head_pose_transform", "world_to_flame"],
+    "conversions": ["FLAME_TO_WORLD_SCALE", "VIEW_OFFSETS", "Placement", "camera_to_world", "flame_to_world",
+                    "flame_transform_to_world", "fold_head_pose_into_camera", "fold_head_pose_into_label",
+                    "head_pose_transform", "world_to_flame"],
     "model": ["FlameModel", "FlameOutput"],
     "model_data": ["JOINT_NAMES", "FlameModelData", "load_model_data", "save_model_data"],
     "official": ["LandmarkEmbedding", "convert_official_flame", "default_cache_dir", "load_or_convert",

@@ -21,6 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from .pickle_nodes import NO_STATE as _NO_STATE  # noqa: F401 - for the tests' hostile variants
+from .pickle_nodes import Call, Global, NewObj, OpcodeWriter
+
 ROOT_PARENT = 4294967295  # how FLAME's kintree_table stores the root's parent
 FLAME_KINTREE = np.array([[ROOT_PARENT, 0, 1, 1, 1], [0, 1, 2, 3, 4]], dtype=np.int64)
 
@@ -50,31 +53,9 @@ class FlameArrays:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# A tiny intermediate form and the opcode emitter
+# Python 2's pickle, as FLAME's files were written
 
-@dataclass(frozen=True)
-class Global:
-    module: str
-    name: str
-
-
-_NO_STATE = object()
-
-
-@dataclass(eq=False)
-class Reduce:
-    """`func(*args)`, then BUILD with `state` when given."""
-    func: Any
-    args: tuple
-    state: Any = _NO_STATE
-
-
-@dataclass(eq=False)
-class NewObj:
-    """`cls.__new__(cls, *args)` (protocol-2 NEWOBJ), then BUILD with `state`."""
-    cls: Global
-    args: tuple = ()
-    state: Any = _NO_STATE
+Reduce = Call  # `func(*args)`, then BUILD with `state` when given
 
 
 def chumpy(value: Any, cls: str = "Ch", module: str = "chumpy.ch", **extra: Any) -> NewObj:
@@ -96,25 +77,14 @@ class Raw:
     data: bytes
 
 
-class Emitter:
-    """Writes protocol 2 (Python 2 flavour: str -> BINSTRING) or protocol 3 (Python 3: str -> BINUNICODE)."""
+class Emitter(OpcodeWriter):
+    """Writes protocol 2 (Python 2 flavour: str -> BINSTRING) or protocol 3 (Python 3: str -> BINUNICODE); only
+    globals enter the memo."""
 
     def __init__(self, py2: bool = True) -> None:
+        super().__init__(2 if py2 else 3)
         self.py2 = py2
-        self.protocol = 2 if py2 else 3
-        self.out = bytearray()
         self.memo: dict[Any, int] = {}
-
-    def pickle(self, obj: Any) -> bytes:
-        self.out += pickle.PROTO + bytes([self.protocol])
-        self.dump(obj)
-        self.out += pickle.STOP
-        return bytes(self.out)
-
-    def _put(self, key: Any) -> None:
-        idx = len(self.memo)
-        self.memo[key] = idx
-        self.out += pickle.BINPUT + bytes([idx]) if idx < 256 else pickle.LONG_BINPUT + struct.pack("<I", idx)
 
     def _raw_string(self, data: bytes) -> None:
         if self.py2:
@@ -128,84 +98,43 @@ class Emitter:
             else:
                 self.out += pickle.BINBYTES + struct.pack("<I", len(data)) + data
 
-    def dump(self, obj: Any) -> None:
-        out = self.out
-        if obj is None:
-            out += pickle.NONE
-        elif obj is True or obj is False:
-            out += pickle.NEWTRUE if obj else pickle.NEWFALSE
-        elif isinstance(obj, int):
-            if 0 <= obj < 256:
-                out += pickle.BININT1 + bytes([obj])
-            elif -2 ** 31 <= obj < 2 ** 31:
-                out += pickle.BININT + struct.pack("<i", obj)
-            else:
-                data = obj.to_bytes((obj.bit_length() + 8) // 8, "little", signed=True)
-                out += pickle.LONG1 + bytes([len(data)]) + data
-        elif isinstance(obj, float):
-            out += pickle.BINFLOAT + struct.pack(">d", obj)
-        elif isinstance(obj, str):
-            if self.py2:
-                self._raw_string(obj.encode("latin1"))
-            else:
-                data = obj.encode("utf-8")
-                out += pickle.BINUNICODE + struct.pack("<I", len(data)) + data
-        elif isinstance(obj, bytes):
-            self._raw_string(obj)
-        elif isinstance(obj, tuple):
-            if not obj:
-                out += pickle.EMPTY_TUPLE
-            elif len(obj) <= 3:
-                for x in obj:
-                    self.dump(x)
-                out += (pickle.TUPLE1, pickle.TUPLE2, pickle.TUPLE3)[len(obj) - 1]
-            else:
-                out += pickle.MARK
-                for x in obj:
-                    self.dump(x)
-                out += pickle.TUPLE
-        elif isinstance(obj, list):
-            out += pickle.EMPTY_LIST
-            if obj:
-                out += pickle.MARK
-                for x in obj:
-                    self.dump(x)
-                out += pickle.APPENDS
-        elif isinstance(obj, dict):
-            out += pickle.EMPTY_DICT
-            if obj:
-                out += pickle.MARK
-                for k, v in obj.items():
-                    self.dump(k)
-                    self.dump(v)
-                out += pickle.SETITEMS
-        elif isinstance(obj, Global):
-            key = ("global", obj.module, obj.name)
-            if key in self.memo:
-                out += pickle.BINGET + bytes([self.memo[key]])
-            else:
-                out += pickle.GLOBAL + f"{obj.module}\n{obj.name}\n".encode("ascii")
-                self._put(key)
-        elif isinstance(obj, Reduce):
-            self.dump(obj.func)
-            self.dump(tuple(obj.args))
-            out += pickle.REDUCE
-            if obj.state is not _NO_STATE:
-                self.dump(obj.state)
-                out += pickle.BUILD
-        elif isinstance(obj, NewObj):
-            self.dump(obj.cls)
-            self.dump(tuple(obj.args))
-            out += pickle.NEWOBJ
-            if obj.state is not _NO_STATE:
-                self.dump(obj.state)
-                out += pickle.BUILD
-        elif isinstance(obj, np.ndarray):
+    def _int(self, x: int) -> None:
+        if 0 <= x < 256:
+            self.out += pickle.BININT1 + bytes([x])
+        elif -2 ** 31 <= x < 2 ** 31:
+            self.out += pickle.BININT + struct.pack("<i", x)
+        else:
+            data = x.to_bytes((x.bit_length() + 8) // 8, "little", signed=True)
+            self.out += pickle.LONG1 + bytes([len(data)]) + data
+
+    def _str(self, s: str) -> None:
+        if self.py2:
+            self._raw_string(s.encode("latin1"))
+        else:
+            data = s.encode("utf-8")
+            self.out += pickle.BINUNICODE + struct.pack("<I", len(data)) + data
+
+    def _bytes(self, b: bytes) -> None:
+        self._raw_string(b)
+
+    def _global(self, g: Global) -> None:
+        key = ("global", g.module, g.name)
+        if key in self.memo:
+            self.out += pickle.BINGET + bytes([self.memo[key]])
+            return
+        self.out += pickle.GLOBAL + f"{g.module}\n{g.name}\n".encode("ascii")
+        idx = len(self.memo)
+        self.memo[key] = idx
+        self.out += pickle.BINPUT + bytes([idx]) if idx < 256 else pickle.LONG_BINPUT + struct.pack("<I", idx)
+
+    def special(self, obj: Any) -> bool:
+        if isinstance(obj, np.ndarray):
             self.dump(self._ndarray(obj))
         elif isinstance(obj, Raw):
-            out += obj.data
+            self.out += obj.data
         else:
-            raise TypeError(f"cannot emit {type(obj).__name__}")
+            return False
+        return True
 
     def _ndarray(self, arr: np.ndarray) -> Reduce:
         typecode = "b" if self.py2 else b"b"

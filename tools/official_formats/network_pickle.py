@@ -22,6 +22,9 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
+from .pickle_nodes import NO_STATE as _NO_STATE  # noqa: F401 - for the tests' hostile variants
+from .pickle_nodes import Call, Global, NewObj, OpcodeWriter
+
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 TOP_BUFFERS = ("dense_faces", "faces", "raw_uvcoords", "uvcoords", "uvfaces", "face_uvcoords")
 _BUFFER_SUFFIXES = ("resample_filter", "noise_const", "w_avg")
@@ -31,34 +34,7 @@ _STORAGE_CLASS = {torch.float32: "FloatStorage", torch.float64: "DoubleStorage",
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# A tiny intermediate form: what to pickle, not how.
-
-@dataclass(frozen=True)
-class Global:
-    """A module-level name, written with GLOBAL / STACK_GLOBAL."""
-    module: str
-    name: str
-
-
-_NO_STATE = object()
-
-
-@dataclass(eq=False)
-class Call:
-    """`func(*args)` (REDUCE), then optional SETITEMS of `items` and BUILD with `state`."""
-    func: Any
-    args: tuple
-    state: Any = _NO_STATE
-    items: list | None = None
-
-
-@dataclass(eq=False)
-class NewObj:
-    """`cls.__new__(cls, *args)` (NEWOBJ), then BUILD with `state`, as protocol >= 2 pickles plain objects."""
-    cls: Global
-    args: tuple = ()
-    state: Any = _NO_STATE
-
+# The intermediate nodes of this flavour (Global, Call and NewObj: pickle_nodes.py)
 
 @dataclass(eq=False)
 class PersId:
@@ -88,22 +64,17 @@ class NumpyScalar:
 # ----------------------------------------------------------------------------------------------------------------
 # The emitter
 
-class _Emitter:
+class _Emitter(OpcodeWriter):
+    """PyTorch's flavour: every container, call and global enters the memo (by identity), small ints BININT2,
+    strings SHORT_BINUNICODE at protocol 4, STACK_GLOBAL at protocol 4."""
+
     def __init__(self, protocol: int, storage_location: str = "cpu") -> None:
         assert 2 <= protocol <= 4
-        self.protocol = protocol
+        super().__init__(protocol)
         self.location = storage_location
-        self.out = bytearray()
         self.memo: dict[int, tuple[int, Any]] = {}
         self._storages: dict[int, Call] = {}
         self._dtypes: dict[str, Call] = {}
-
-    # -- framing
-    def pickle(self, obj: Any) -> bytes:
-        self.out += pickle.PROTO + bytes([self.protocol])
-        self.dump(obj)
-        self.out += pickle.STOP
-        return bytes(self.out)
 
     def _memoize(self, obj: Any) -> None:
         idx = len(self.memo)
@@ -123,79 +94,35 @@ class _Emitter:
         self.out += pickle.BINGET + bytes([idx]) if idx < 256 else pickle.LONG_BINGET + struct.pack("<I", idx)
         return True
 
-    # -- values
-    def dump(self, obj: Any) -> None:
-        out = self.out
-        if obj is None:
-            out += pickle.NONE
-        elif obj is True or obj is False:
-            out += pickle.NEWTRUE if obj else pickle.NEWFALSE
-        elif isinstance(obj, int):
-            self._int(obj)
-        elif isinstance(obj, float):
-            out += pickle.BINFLOAT + struct.pack(">d", obj)
-        elif isinstance(obj, str):
-            raw = obj.encode("utf-8")
-            if self.protocol >= 4 and len(raw) < 256:
-                out += pickle.SHORT_BINUNICODE + bytes([len(raw)]) + raw
-            else:
-                out += pickle.BINUNICODE + struct.pack("<I", len(raw)) + raw
-        elif isinstance(obj, bytes):
-            if self.protocol < 3:
-                raise ValueError("bytes need protocol 3 or higher in this writer")
-            if len(obj) < 256:
-                out += pickle.SHORT_BINBYTES + bytes([len(obj)]) + obj
-            else:
-                out += pickle.BINBYTES + struct.pack("<I", len(obj)) + obj
-        elif self._get(obj):
-            return
-        elif isinstance(obj, Global):
-            self._global(obj)
-        elif isinstance(obj, tuple):
-            self._tuple(obj)
-        elif isinstance(obj, list):
-            out += pickle.EMPTY_LIST
-            self._memoize(obj)
-            if obj:
-                out += pickle.MARK
-                for item in obj:
-                    self.dump(item)
-                out += pickle.APPENDS
-        elif isinstance(obj, OrderedDict):
+    def _str(self, s: str) -> None:
+        raw = s.encode("utf-8")
+        if self.protocol >= 4 and len(raw) < 256:
+            self.out += pickle.SHORT_BINUNICODE + bytes([len(raw)]) + raw
+        else:
+            self.out += pickle.BINUNICODE + struct.pack("<I", len(raw)) + raw
+
+    def _bytes(self, b: bytes) -> None:
+        if self.protocol < 3:
+            raise ValueError("bytes need protocol 3 or higher in this writer")
+        if len(b) < 256:
+            self.out += pickle.SHORT_BINBYTES + bytes([len(b)]) + b
+        else:
+            self.out += pickle.BINBYTES + struct.pack("<I", len(b)) + b
+
+    def special(self, obj: Any) -> bool:
+        if isinstance(obj, OrderedDict):
             # As OrderedDict.__reduce__ does: OrderedDict() then SETITEMS.
             self.dump(Call(Global("collections", "OrderedDict"), (), items=list(obj.items())))
-        elif isinstance(obj, dict):
-            out += pickle.EMPTY_DICT
-            self._memoize(obj)
-            self._setitems(list(obj.items()))
         elif isinstance(obj, (set, frozenset)):
             self.dump(Call(Global("builtins", "set"), (sorted(obj, key=repr),)))
-        elif isinstance(obj, Call):
-            self.dump(obj.func)
-            self.dump(tuple(obj.args))
-            out += pickle.REDUCE
-            self._memoize(obj)
-            if obj.items:
-                self._setitems(obj.items)
-            if obj.state is not _NO_STATE:
-                self.dump(obj.state)
-                self.out += pickle.BUILD
-        elif isinstance(obj, NewObj):
-            self.dump(obj.cls)
-            self.dump(tuple(obj.args))
-            out += pickle.NEWOBJ
-            self._memoize(obj)
-            if obj.state is not _NO_STATE:
-                self.dump(obj.state)
-                self.out += pickle.BUILD
         elif isinstance(obj, EasyDictNode):
             self.dump(Global("dnnlib.util", "EasyDict"))
-            out += pickle.EMPTY_TUPLE + pickle.NEWOBJ
+            self.out += pickle.EMPTY_TUPLE + pickle.NEWOBJ
             self._memoize(obj)
             self._setitems(list(obj.items.items()))
         elif isinstance(obj, PersId):
             self.dump(obj.pid)
-            out += pickle.BINPERSID
+            self.out += pickle.BINPERSID
         elif isinstance(obj, Param):
             self.dump(Call(Global("torch._utils", "_rebuild_parameter"), (obj.tensor, False, OrderedDict())))
         elif isinstance(obj, torch.Tensor):
@@ -203,7 +130,8 @@ class _Emitter:
         elif isinstance(obj, NumpyScalar):
             self._numpy_scalar(obj)
         else:
-            raise TypeError(f"cannot write {type(obj).__name__}")
+            return False
+        return True
 
     def _int(self, x: int) -> None:
         if 0 <= x < 256:
@@ -224,29 +152,6 @@ class _Emitter:
         else:
             self.out += pickle.GLOBAL + f"{g.module}\n{g.name}\n".encode("utf-8")
         self._memoize(g)
-
-    def _tuple(self, t: tuple) -> None:
-        if not t:
-            self.out += pickle.EMPTY_TUPLE
-            return
-        if len(t) <= 3:
-            for item in t:
-                self.dump(item)
-            self.out += (pickle.TUPLE1, pickle.TUPLE2, pickle.TUPLE3)[len(t) - 1]
-        else:
-            self.out += pickle.MARK
-            for item in t:
-                self.dump(item)
-            self.out += pickle.TUPLE
-        self._memoize(t)
-
-    def _setitems(self, items: list) -> None:
-        for start in range(0, len(items), 1000):  # the pickler batches by 1000, like here
-            self.out += pickle.MARK
-            for k, v in items[start:start + 1000]:
-                self.dump(k)
-                self.dump(v)
-            self.out += pickle.SETITEMS
 
     def _tensor(self, t: torch.Tensor) -> None:
         t = t.detach()

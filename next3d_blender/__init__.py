@@ -8,9 +8,9 @@ no bpy at import time: Blender calls `register` / `unregister`, which collect th
 
 
 def _classes() -> tuple:
-    from .blender import operators, panels, preferences, properties
+    from .blender import operators, panels, performance, preferences, properties
 
-    return (*properties.CLASSES, *preferences.CLASSES, *operators.CLASSES, *panels.CLASSES)
+    return (*properties.CLASSES, *preferences.CLASSES, *operators.CLASSES, *panels.CLASSES, *performance.CLASSES)
 
 
 def register() -> None:

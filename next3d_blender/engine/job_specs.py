@@ -166,6 +166,7 @@ class PingJob:
 
 Job = Union[RenderJob, PreviewJob, MeshJob, InvertJob, PingJob]
 JOB_TYPES: Dict[str, Type] = {t.kind: t for t in (RenderJob, PreviewJob, MeshJob, InvertJob, PingJob)}
+# engine/performance_job.py adds TrackJob ("track") here when imported (jobs.py imports it).
 
 
 def job_from_dict(d: dict) -> Job:

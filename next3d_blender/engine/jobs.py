@@ -37,6 +37,7 @@ from ..core.errors import InputError, Next3DError
 from .heads import HeadSpec, head_arrays, topology_mismatch
 from .job_specs import (AvatarJob, InvertJob, Job, MeshJob, ModelSpec, PingJob, PreviewJob, RenderJob,
                         job_from_dict)
+from .performance_job import track_job     # also registers the "track" job kind (TrackJob)
 
 Emit = Callable[[str, dict, Optional[Dict[str, np.ndarray]]], None]
 StopFn = Callable[[], bool]
@@ -489,6 +490,7 @@ def invert_job(job: InvertJob, arrays: Dict[str, np.ndarray], emit: Emit, should
 
 
 JOBS = {"render": render_job, "preview": preview_job, "mesh": mesh_job, "invert": invert_job}
+JOBS["track"] = track_job             # engine/performance_job.py: a clip -> an animation file
 
 
 def run_job(job: Union[Job, dict], arrays: Dict[str, np.ndarray], emit: Emit,

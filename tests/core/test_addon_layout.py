@@ -13,9 +13,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "next3d_blender"
 BLENDER_ONLY = ("bpy", "bpy_extras", "mathutils", "addon_utils", "bmesh", "gpu")
-ENGINE_MODULES = ("next3d_blender", "next3d_blender.engine", "next3d_blender.engine.convert",
-                  "next3d_blender.engine.heads", "next3d_blender.engine.job_specs", "next3d_blender.engine.jobs",
-                  "next3d_blender.engine.worker")
+# Every module of engine/, so a new one is checked too.
+ENGINE_MODULES = ("next3d_blender", "next3d_blender.engine",
+                  *(f"next3d_blender.engine.{p.stem}" for p in sorted((PACKAGE / "engine").glob("*.py"))
+                    if p.stem != "__init__"))
 
 
 def _sources():

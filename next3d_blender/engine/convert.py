@@ -14,7 +14,8 @@ Camera conventions (docs/camera.md#blender-cameras, checked against
   is folded into the camera: cam2world_flame = inverse(head_to_world) @ cam2world (`camera_in_head_space`).
 
 No bpy here: reading the camera from the scene is blender/scene.py's (`camera_params`), making images and meshes
-blender/datablocks.py's.
+blender/datablocks.py's. Rendering a head through any scene camera (a virtual training camera and a 2-D transform
+into the scene's frame) is framing.py's (docs/camera.md#any-scene-camera).
 """
 
 from __future__ import annotations

@@ -103,6 +103,53 @@ def test_head_pose_is_folded_into_the_camera(addon, tmp_path):
     assert np.abs(turned["landmarks"] - rest["landmarks"]).max() < 1e-5
 
 
+SCENE_CAMERAS = {   # lens, shift, location, rotation (degrees), the rig's turn about Blender's up, warns
+    "85 mm portrait, rolled and shifted": (85.0, (0.08, -0.04), (0.12, -0.93, 0.04), (88, 7, 8), 20, False),
+    "the factory camera": (50.0, (0.0, 0.0), (7.3589, -6.9258, 4.9583), (63.6, 0.0, 46.7), 0, True),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SCENE_CAMERAS))
+def test_virtual_view_lands_the_rig_where_blender_sees_it(addon, tmp_path, name):
+    """Any scene camera (docs/camera.md#any-scene-camera). The rig's landmarks through the virtual camera and
+    to_scene land where Blender's own projection (world_to_camera_view) puts them, and the matte is opaque there."""
+    lens, shift, location, rotation, turn, warns = SCENE_CAMERAS[name]
+    arm = make_scene(tmp_path, size=(960, 540))
+    arm.rotation_euler.z = math.radians(turn)           # the head turned: its pose goes into the camera
+    scene = bpy.context.scene
+    data = bpy.data.cameras.new("shot")
+    data.lens, (data.shift_x, data.shift_y) = lens, shift
+    cam = bpy.data.objects.new("shot", data)
+    scene.collection.objects.link(cam)
+    cam.location = location
+    cam.rotation_euler = Euler([math.radians(a) for a in rotation])    # the portrait's Y is a roll
+    scene.camera = cam
+    bpy.context.view_layer.update()
+    frames = submodule("blender.scene").prepare(bpy.context, [scene.frame_current])
+    framing = submodule("engine.framing")
+    arrays = frames.arrays
+    params = submodule("blender.scene").camera_params(cam, scene)
+    view = framing.virtual_view(arrays["cam2world"][0], params, arrays["vertices"][0])
+    assert bool(view.warning) == warns, view.warning
+    landmarks = arrays["landmarks"][0].astype(np.float64)
+    head_to_world = frames.heads[scene.frame_current]
+    world = landmarks @ head_to_world[:3, :3].T + head_to_world[:3, 3]
+    w, h = params.width, params.height
+    ref = np.array([[v.x * w, (1 - v.y) * h] for v in (world_to_camera_view(scene, cam, Vector(p)) for p in world)])
+    # The projection the fit uses is Blender's.
+    direct = convert.project_points(landmarks, arrays["cam2world"][0].astype(np.float64),
+                                    convert.intrinsics_pixels(params))
+    assert np.abs(direct - ref).max() < 0.05
+    through = view.generator_to_scene(convert.project_points(landmarks, view.cam2world.astype(np.float64),
+                                                             view.pixel_intrinsics))
+    assert np.abs(through - ref).max() * 512 / max(w, h) < 2.0     # pixels at the scale of a 512 px render
+    alpha = framing.head_matte(framing.head_pixels(arrays["vertices"][0], arrays["cam2world"][0], params),
+                               arrays["faces"], w, h)
+    inside = (ref[:, 0] >= 0) & (ref[:, 0] < w) & (ref[:, 1] >= 0) & (ref[:, 1] < h)
+    assert inside.all() or inside.sum() > 50
+    assert np.all(alpha[ref[inside, 1].astype(int), ref[inside, 0].astype(int)] == 1.0)
+
+
 def test_rotations_round_trip():
     rng = np.random.default_rng(1)
     vectors = [rng.normal(size=3) for _ in range(20)] + [np.array([math.pi - 1e-6, 0, 0]), np.zeros(3),

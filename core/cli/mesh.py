@@ -26,13 +26,19 @@ from .options import (THREADS_NOTE, Avatar, FlameFiles, MeshFiles, avatar_option
                    "else its 0.9 quantile (random weights)].")
 @click.option("--units", type=click.Choice(["flame", "world"]), default="flame", show_default=True,
               help="Vertex coordinates: the FLAME head frame (lines up with the rig) or EG3D world units.")
+@click.option("--keep-background", is_flag=True,
+              help="Keep the whole box: also the background the model puts beside and behind the head (by default "
+                   "only the density within --margin of the head is kept).")
+@click.option("--margin", type=click.FloatRange(min=0.0, max=1.0), default=None,
+              help="Metres kept around the head's bounding shape [default: 0.02]; more keeps more hair, and more of "
+                   "the background.")
 @device_option
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output mesh: .ply, .obj or .glb.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @threads_option(THREADS_NOTE)
 def mesh_command(model: Optional[str], avatar: Avatar, mesh: MeshFiles, flame: FlameFiles, resolution: int,
-                 level: Optional[float], units: str, device: str, out: str, quiet: bool,
-                 threads: Optional[int]) -> None:
+                 level: Optional[float], units: str, keep_background: bool, margin: Optional[float], device: str,
+                 out: str, quiet: bool, threads: Optional[int]) -> None:
     """Extract the avatar's surface, for one expression, as a triangle mesh with vertex colours (marching cubes
     on the density field).
 
@@ -49,13 +55,16 @@ def mesh_command(model: Optional[str], avatar: Avatar, mesh: MeshFiles, flame: F
 
     try:
         from ..mesh.export import SUFFIXES, save_mesh
-        from ..mesh.extract import extract_mesh, surface_level
+        from ..mesh.extract import DEFAULT_MARGIN, extract_mesh, surface_level
     except ImportError as exc:
         raise InputError(f"Mesh extraction is not available in this installation ({exc}); update next3d-blender "
                          "to a version that has core/mesh.") from None
     if Path(out).suffix.lower() not in SUFFIXES:
         raise click.BadParameter(f"the mesh name must end in {', '.join(SUFFIXES)}, e.g. head.ply.",
                                  param_hint="--out")
+    if keep_background and margin is not None:
+        raise click.BadParameter("--margin sets what is kept around the head; with --keep-background everything is "
+                                 "kept. Drop one of them.", param_hint="--margin")
     set_threads(threads)
     check_output_dir(Path(out).resolve().parent)
     loaded = load_model(model, device)
@@ -77,8 +86,11 @@ def mesh_command(model: Optional[str], avatar: Avatar, mesh: MeshFiles, flame: F
             planes = generator.build_planes(identity, v.to(device))
             if level is None:
                 level = surface_level(generator, planes)
+            # the head region: the mesh input's own points, in FLAME units like the mesh (vertices, landmarks)
+            near = None if keep_background else v.detach().cpu().numpy().reshape(-1, 3)
             result = extract_mesh(generator, planes, resolution=resolution, level=level, units=units,
-                                  progress=progress if bar is not None else None)
+                                  progress=progress if bar is not None else None, near=near,
+                                  margin=DEFAULT_MARGIN if margin is None else margin)
     finally:
         if bar is not None:
             bar.close()

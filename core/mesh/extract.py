@@ -28,6 +28,9 @@ rounding: plane k of the tri-plane depends on two lattice axes only, and the dec
 point; then softplus and the density row of the second layer. Off-lattice points (vertex colours) and decoders of
 another structure use `Next3DGenerator.decode_points`.
 
+With `near` (the frame's head points), only the density inside the head's convex hull grown by a margin is kept,
+which drops the backdrop a trained model puts beside and behind the head (docs/mesh_extraction.md#head-region).
+
 Output coordinates are FLAME units (the head's own frame: x to the subject's left, y up, z forward, metres), the
 inverse of the front-view placement (docs/flame.md#placement-in-the-generator-world):
 world = (box_warp/2) * orth_scale * (x + shift_x, y - shift_y, z), i.e. world = 2.5 (x, y + 0.01, z) for the
@@ -60,6 +63,7 @@ DEFAULT_ORTH_SHIFT = OFFICIAL_PLACEMENT.orth_shift
 ProgressFn = Callable[[int, int], None]
 DensityFn = Callable[[torch.Tensor], Union[torch.Tensor, np.ndarray]]
 DEFAULT_COARSE_STEP = 4        # lattice points between coarse nodes (coarse_resolution=None)
+DEFAULT_MARGIN = 0.02           # FLAME units (metres) kept around the head (docs/mesh_extraction.md#head-region)
 PROGRESS_TOTAL = 1000           # progress(done, PROGRESS_TOTAL): done grows monotonically to PROGRESS_TOTAL
 
 
@@ -286,6 +290,96 @@ class _TriplaneField(_LatticeField):
             h = h.expand(r1 - r0, n, -1)
             out[r0:r1] = (self.act(h) @ self.w2 + self.b2).cpu().numpy()
         self.evaluated += n * n
+        return out
+
+
+def head_region(near, margin: float = DEFAULT_MARGIN, conversion: Optional[dict] = None
+                ) -> Tuple[np.ndarray, np.ndarray]:
+    """The region kept around the head, in EG3D world coordinates: the convex hull of the points `near` [M, 3]
+    (FLAME units: the head's vertices and landmarks of the frame) with its faces moved out by `margin` (FLAME units),
+    as half-spaces (unit normals [F, 3], offsets [F]): p is inside when normals @ p <= offsets. `conversion` is the
+    placement (keyword arguments of world_to_flame; None: the official one)."""
+    from scipy.spatial import ConvexHull, QhullError
+
+    pts = np.asarray(near, np.float64) if near is not None else np.zeros((0, 3))
+    if pts.ndim != 2 or pts.shape[1] != 3 or len(pts) < 4 or not np.isfinite(pts).all():
+        raise InputError(f"near must be the head's points as a finite [M, 3] array (M >= 4, FLAME units), got shape "
+                         f"{list(pts.shape)}; pass the frame's mesh vertices (or None to keep the whole box).")
+    if not (isinstance(margin, (int, float, np.floating, np.integer)) and math.isfinite(float(margin))
+            and 0 <= float(margin) < 1e3):
+        raise InputError(f"margin = {margin!r} must be a non-negative distance in FLAME units (metres), e.g. "
+                         f"{DEFAULT_MARGIN}.")
+    place = _placement(**(conversion if conversion is not None else _conversion(None)))
+    world = place.to_world(pts)
+    try:
+        hull = ConvexHull(world)
+    except QhullError:
+        raise InputError("The head's points are flat (they span no volume), so they bound no region; pass the "
+                         "frame's mesh vertices (or None to keep the whole box).") from None
+    normals = hull.equations[:, :3]            # unit outward normals: normals @ p + d <= 0 inside
+    return normals, -hull.equations[:, 3] + float(margin) * place.scale
+
+
+def _z_intervals(axis: np.ndarray, normals: np.ndarray, offsets: np.ndarray, first: int, last: int
+                 ) -> Tuple[np.ndarray, np.ndarray]:
+    """For each lattice line (x_i, y_j) along z, i and j in [first, last] (the lines outside are dropped), the
+    interval [lo, hi] of z inside the half-spaces normals @ p <= offsets ([N, N] each; lo > hi when the line misses
+    the region). Face k bounds z from above when its normal has nz > 0 (z <= (offset - nx x - ny y) / nz), from
+    below when nz < 0; a face with nz = 0 keeps or drops the whole line."""
+    n = len(axis)
+    t_axis = torch.from_numpy(axis[first:last + 1])
+    lo = torch.full((n, n), math.inf, dtype=torch.float64)
+    hi = torch.full((n, n), -math.inf, dtype=torch.float64)
+    lo[first:last + 1, first:last + 1] = -math.inf
+    hi[first:last + 1, first:last + 1] = math.inf
+    nz = normals[:, 2]
+    for faces, upper in ((nz > 1e-12, True), (nz < -1e-12, False)):
+        if not faces.any():
+            continue
+        f = torch.from_numpy(normals[faces])
+        o = torch.from_numpy(offsets[faces])
+        a = (o[None, :] - f[None, :, 0] * t_axis[:, None]) / f[None, :, 2]     # [x, F]
+        b = f[:, 1] / f[:, 2]
+        for i in range(len(t_axis)):            # the bound of every face on the lines (x_i, y_j): [y, F]
+            z = a[i][None, :] - t_axis[:, None] * b[None, :]
+            if upper:
+                hi[first + i, first:last + 1] = z.amin(1)
+            else:
+                lo[first + i, first:last + 1] = z.amax(1)
+    for k in np.flatnonzero(np.abs(nz) <= 1e-12):            # rare: faces parallel to z
+        miss = normals[k, 0] * axis[:, None] + normals[k, 1] * axis[None, :] > offsets[k]
+        lo[torch.from_numpy(miss)] = math.inf
+    return lo.numpy(), hi.numpy()
+
+
+class _RegionField(_LatticeField):
+    """Another field inside a convex region; outside it a value below the level, without decoding (so the surface
+    closes where it meets the region, as it does at the border trim). A lattice line along z crosses a convex region
+    in one interval, so the region is tabulated once as [lo, hi] of z per (x, y) lattice line."""
+
+    def __init__(self, inner: _LatticeField, axis: np.ndarray, normals: np.ndarray, offsets: np.ndarray,
+                 outside: float, first: int, last: int):
+        self.inner = inner
+        self.axis = axis
+        self.chunk = inner.chunk
+        self.outside = np.float32(outside)
+        self.lo, self.hi = _z_intervals(axis.astype(np.float64), normals, offsets, first, last)
+
+    @property
+    def evaluated(self) -> int:
+        return self.inner.evaluated
+
+    def inside(self, ii: np.ndarray, jj: np.ndarray, kk: np.ndarray) -> np.ndarray:
+        z = self.axis[kk]
+        return (z >= self.lo[ii, jj]) & (z <= self.hi[ii, jj])
+
+    def evaluate(self, ii, jj, kk, on_chunk=None) -> np.ndarray:
+        keep = self.inside(ii, jj, kk)
+        out = np.full(len(ii), self.outside, np.float32)
+        if on_chunk is not None and len(ii) > int(keep.sum()):
+            on_chunk(len(ii) - int(keep.sum()))
+        if keep.any():
+            out[keep] = self.inner.evaluate(ii[keep], jj[keep], kk[keep], on_chunk)
         return out
 
 
@@ -522,7 +616,8 @@ def extract_mesh(generator=None, planes: Optional[torch.Tensor] = None, *, resol
                  with_colors: bool = True, padding_voxels: Optional[int] = None,
                  progress: Optional[ProgressFn] = None, density_fn: Optional[DensityFn] = None,
                  color_fn: Optional[Callable[[torch.Tensor], torch.Tensor]] = None, box_size: Optional[float] = None,
-                 units: str = "flame", dilation: int = 0) -> ExtractedMesh:
+                 units: str = "flame", dilation: int = 0, near: Optional[np.ndarray] = None,
+                 margin: float = DEFAULT_MARGIN) -> ExtractedMesh:
     """The level set of the raw density of one frame's tri-planes, coarse to fine (see the module docstring).
 
     generator, planes: a Next3DGenerator and the [1, 3, 32, P, P] planes of one frame (`build_planes`), built once.
@@ -539,6 +634,9 @@ def extract_mesh(generator=None, planes: Optional[torch.Tensor] = None, *, resol
     leaving the surface open where it meets the box). progress(done, total): called as the work advances with a
     fixed total; an exception raised by it aborts the extraction. units: "flame" (default: the head's frame, lined
     up with the rig) or "world" (EG3D world). with_colors: decode a rough vertex colour (see ExtractedMesh).
+    near: the head's points of this frame [M, 3] in FLAME units (vertices, landmarks): only the density within
+    `margin` (FLAME units) of their bounding polytope is kept (`head_region`), which drops the background the
+    model puts beside and behind the head (docs/mesh_extraction.md#head-region); None keeps the whole box.
 
     Raises InputError when the level gives no surface (the message says the density range)."""
     pad = _check_common(resolution, level, coarse_resolution, chunk, padding_voxels)
@@ -564,6 +662,9 @@ def extract_mesh(generator=None, planes: Optional[torch.Tensor] = None, *, resol
     tracker.report(0.0)
     with torch.inference_mode():
         field = _make_field(generator, planes, density_fn, axis, int(chunk), pad, resolution - 1 - pad)
+        if near is not None:
+            field = _RegionField(field, axis, *head_region(near, margin, conversion), _pad_value(level), pad,
+                                 resolution - 1 - pad)
         vertices_idx, faces = _coarse_to_fine(field, resolution, level, coarse_resolution, pad, int(dilation),
                                               tracker)
         colors = None

@@ -5,9 +5,10 @@ from bpy.types import Panel, UIList
 
 from . import runner
 from .preferences import draw_model_settings, get_preferences
-from .rig import EXPR_PREFIX, is_key_of
+from .rig import EXPR_PREFIX, is_key_of, keys_of
 
 ROTATION_PROPERTY = {"QUATERNION": "rotation_quaternion", "AXIS_ANGLE": "rotation_axis_angle"}   # else Euler
+EXPRESSION_ROWS = 16
 
 
 class _Next3DPanel:
@@ -84,9 +85,12 @@ class NEXT3D_PT_rig(_Next3DPanel, Panel):
         row.operator("next3d.random_shape", icon="MOD_NOISE")
         row.operator("next3d.reset_shape", text="Reset Shape")
         layout.operator("next3d.reset_expression", icon="LOOP_BACK")
-        layout.label(text="Expression")
+        n_expr = len(keys_of(the_rig.mesh, EXPR_PREFIX))
+        layout.label(text=f"Expression ({n_expr})")
+        # every key in view up to EXPRESSION_ROWS (the built-in head's 16); longer lists (FLAME's 100) scroll/filter
+        rows = max(1, min(n_expr, EXPRESSION_ROWS))
         layout.template_list("NEXT3D_UL_expression_keys", "", the_rig.mesh.data.shape_keys, "key_blocks",
-                             the_rig.mesh, "active_shape_key_index", rows=5)
+                             the_rig.mesh, "active_shape_key_index", rows=rows, maxrows=rows)
         if the_rig.armature is not None:
             col = layout.column(align=True)
             col.label(text="Pose (keyframe these)")
@@ -150,6 +154,8 @@ class NEXT3D_PT_mesh(_Next3DPanel, Panel):
         settings = context.scene.next3d
         layout.prop(settings, "mesh_frames")
         layout.prop(settings, "mesh_resolution")
+        if hasattr(settings, "mesh_keep_background"):       # docs/mesh_extraction.md#head-region
+            layout.prop(settings, "mesh_keep_background")
         layout.operator("next3d.extract_mesh", icon="MESH_DATA")
 
 

@@ -132,6 +132,7 @@ class MeshJob(AvatarJob):
 
     resolution: int = 128              # lattice points per axis
     level: Optional[float] = None      # the density of the surface (None: core.mesh.surface_level picks it)
+    keep_background: bool = False      # the whole box, backdrop included (docs/mesh_extraction.md#head-region)
 
 
 @dataclass(frozen=True, kw_only=True)

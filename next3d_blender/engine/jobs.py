@@ -430,7 +430,9 @@ def mesh_job(job: MeshJob, arrays: Dict[str, np.ndarray], emit: Emit, should_sto
         with torch.no_grad():
             planes = generator.build_planes(identity, src.mesh_input(number)[None].to(device))
         used_level = float(level) if level is not None else surface_level(generator, planes)
-        mesh = extract_mesh(generator, planes, resolution=resolution, level=used_level, units="flame")
+        # only the density near this frame's head (docs/mesh_extraction.md#head-region), unless asked for all
+        near = None if job.keep_background else src.mesh_input(number).numpy()
+        mesh = extract_mesh(generator, planes, resolution=resolution, level=used_level, units="flame", near=near)
         colors = mesh.colors if mesh.colors is not None else np.full((mesh.n_vertices, 3), 200, np.uint8)
         emit("mesh", {"number": number, "done": k + 1, "total": len(numbers), "level": used_level},
              {"vertices": mesh.vertices.astype(np.float32), "faces": mesh.faces.astype(np.int64),

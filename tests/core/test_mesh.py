@@ -9,11 +9,11 @@ import pytest
 import torch
 from scipy.spatial import cKDTree
 
-from core.default_model import random_generator
+from core.default_model import default_model, random_generator
 from core.errors import InputError
 from core.geometry.ellipsoid_head import ellipsoid_head
-from core.mesh import (ExtractedMesh, dense_sigma, extract_mesh, flame_to_world, mesh_from_grid,
-                       save_mesh, sigma_quantile, surface_level, world_to_flame)
+from core.mesh import (DEFAULT_MARGIN, ExtractedMesh, dense_sigma, extract_mesh, flame_to_world, head_region,
+                       mesh_from_grid, save_mesh, sigma_quantile, surface_level, world_to_flame)
 from core.rendering.camera import ffhq_camera
 from core.sampling import latent_from_seed
 
@@ -209,6 +209,87 @@ def test_generator_extraction(frame):
         extract_mesh(generator, planes.expand(2, -1, -1, -1, -1), resolution=n, level=level)
 
 
+# ------------------------------------------------------------------------------------------------ head region
+
+def surface_distance(points, mesh, samples=6):
+    """Distance from each point to the mesh's surface (to dense samples of its triangles)."""
+    tri = mesh.vertices[mesh.faces].astype(np.float64)
+    w = np.random.RandomState(0).dirichlet([1.0, 1.0, 1.0], size=(len(tri), samples))
+    pts = np.concatenate([np.einsum("fkj,fjc->fkc", w, tri).reshape(-1, 3), mesh.vertices])
+    return cKDTree(pts).query(points)[0]
+
+
+def test_head_region_drops_what_is_far_and_keeps_the_head_exactly():
+    """A "head" (a sphere, 0.06 FLAME units in radius) beside a "background" slab 6 cm beyond it: with the head's
+    points as `near`, the slab is gone and the head's mesh is the one extracted without any slab."""
+    sphere = sphere_density(radius=0.15)
+
+    def with_slab(p):
+        slab = LEVEL + 50.0 * (0.05 - (p[:, 0] - 0.35).abs())          # world x in [0.30, 0.40]
+        return torch.maximum(sphere(p), slab)
+
+    d = np.random.RandomState(1).normal(size=(400, 3))
+    near = world_to_flame(0.15 * d / np.linalg.norm(d, axis=1, keepdims=True))     # points on the head
+    kw = dict(resolution=48, level=LEVEL, coarse_resolution=12)
+    everything = extract_mesh(density_fn=with_slab, **kw)
+    assert everything.vertices[:, 0].max() > 0.3 / 2.5                 # the slab is there without a region
+    kept = extract_mesh(density_fn=with_slab, near=near, **kw)
+    alone = extract_mesh(density_fn=sphere, **kw)
+    assert_same_mesh(kept, alone, 1e-6)
+    assert kept.evaluated_points < everything.evaluated_points        # points outside it are not decoded
+    # the region: the head's convex hull grown by the margin (2.5 world units per FLAME unit)
+    normals, offsets = head_region(near, DEFAULT_MARGIN)
+    world = flame_to_world(near)
+    assert np.allclose(np.linalg.norm(normals, axis=1), 1.0)
+    assert np.allclose((world @ normals.T).max(0), offsets - 2.5 * DEFAULT_MARGIN)
+    with pytest.raises(InputError, match="flat"):
+        head_region(near * [1.0, 1.0, 0.0])
+    with pytest.raises(InputError, match="near must be"):
+        extract_mesh(density_fn=with_slab, near=near[:, :2], **kw)
+    with pytest.raises(InputError, match="margin"):
+        extract_mesh(density_fn=with_slab, near=near, margin=-0.01, **kw)
+
+
+@pytest.fixture(scope="module")
+def bundled_frame():
+    model = default_model()
+    assert model.trained, "the bundled default model is part of the repository (addon_assets/)"
+    generator = model.generator
+    with torch.no_grad():
+        ws = generator.mapping(latent_from_seed(0), ffhq_camera()[None])
+        planes = generator.build_planes(generator.make_identity(ws), model.mesh_input)
+    return generator, planes, model.mesh_input[0].numpy()
+
+
+def test_bundled_model_mesh_keeps_the_head_only(bundled_frame):
+    """The trained model puts background density beside and behind the head (the FFHQ backdrop); the default
+    extraction of the command and the add-on (near = the frame's head) keeps a mesh the size of the head, with no
+    component away from it, and the face on it."""
+    generator, planes, head = bundled_frame
+    n = 64
+    voxel = 1.0 / (n - 1) / 2.5                                          # FLAME units
+    everything = extract_mesh(generator, planes, resolution=n, level=LEVEL, with_colors=False)
+    kept = extract_mesh(generator, planes, resolution=n, level=LEVEL, with_colors=False, near=head)
+    lo, hi = head.min(0), head.max(0)
+    width = hi[0] - lo[0]
+    assert np.ptp(everything.vertices[:, 0]) > 1.4 * width              # the backdrop, without the region
+    slack = DEFAULT_MARGIN + voxel
+    assert (kept.vertices >= lo - slack).all() and (kept.vertices <= hi + slack).all()
+    assert np.ptp(kept.vertices[:, 0]) <= width + 2 * slack
+    # nothing away from the head: no vertex further than the margin outside the head's convex hull (a lower bound
+    # of the distance to it: the largest distance to its faces' planes), as there is without the region
+    from scipy.spatial import ConvexHull
+    planes_ = ConvexHull(head).equations
+
+    def outside(v):
+        return (v @ planes_[:, :3].T + planes_[:, 3]).max(1)
+    assert outside(everything.vertices).max() > 0.05
+    assert outside(kept.vertices).max() <= slack
+    # and the face is on the surface: the landmarks (the last 68 points) lie within a few millimetres of it
+    dist = surface_distance(head[-68:], kept)
+    assert np.median(dist) < 0.006 and np.percentile(dist, 90) < 0.012, np.round(dist * 1000, 1)
+
+
 # ------------------------------------------------------------------------------------------------- export
 
 @pytest.fixture(scope="module")
@@ -308,3 +389,23 @@ def test_export_errors(small_mesh, tmp_path):
     blocker.write_text("x")
     with pytest.raises(InputError, match="is not a folder"):
         save_mesh(blocker / "head.glb", small_mesh)
+
+
+def test_mesh_command_keeps_the_head_unless_asked_for_everything(tmp_path):
+    """`next3d mesh` with the bundled model: by default the mesh is about the head's width; --keep-background
+    keeps the backdrop; --margin with --keep-background is refused in one line."""
+    from click.testing import CliRunner
+
+    from core.cli import main as cli
+
+    widths = {}
+    for flags in ([], ["--keep-background"]):
+        out = tmp_path / f"head{len(flags)}.ply"
+        result = CliRunner().invoke(cli, ["mesh", "--resolution", "48", "--quiet", "--out", str(out)] + flags)
+        assert result.exit_code == 0, result.output
+        widths[len(flags)] = float(np.ptp(read_ply(out)[0]["x"]))
+    head_width = float(np.ptp(default_model().mesh_input[0, :, 0].numpy()))
+    assert widths[0] <= head_width + 2 * (DEFAULT_MARGIN + 1 / 47 / 2.5) < widths[1]
+    result = CliRunner().invoke(cli, ["mesh", "--keep-background", "--margin", "0.05", "--out",
+                                      str(tmp_path / "x.ply")])
+    assert result.exit_code == 2 and "--margin" in result.output and not (tmp_path / "x.ply").exists()

@@ -12,3 +12,8 @@ class InputError(Next3DError, ValueError):
 class CheckpointError(Next3DError):
     """A checkpoint cannot be read: wrong kind of file, unknown network, missing or unexpected weights, or a pickle
     that tries to run code."""
+
+
+class OutputError(Next3DError):
+    """A result could not be written (disk full, no permission, read-only folder); the message says what was kept
+    and how to finish the work."""

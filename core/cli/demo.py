@@ -25,6 +25,7 @@ def demo_command(out: str, seed: int, n_frames: int) -> None:
     from ..demo import demo_animation
     from ..flame.animation import save_sequence
     from ..flame.builtin_head import load_builtin_head_data
+    from ..io.folder_lock import FolderLock
     from ..io.images import ensure_writable_dir
     from ..mesh import extract_mesh, save_mesh, surface_level
     from ..rendering.camera import ffhq_camera
@@ -51,16 +52,17 @@ def demo_command(out: str, seed: int, n_frames: int) -> None:
                 "weights": file_digest(None)}
     # The demo's folder holds only the demo's own frames: made with other settings (another seed, a new bundled
     # model), they are rendered again rather than refused.
-    overwrite = settings_differ(out_dir / "frames", settings)
-    if overwrite:
-        click.echo(f"{out_dir / 'frames'} holds demo frames made with other settings; rendering them again")
-        # A longer earlier demo left frames past this one's end; they would sit beside the new ones.
-        ours = {frame_name(n) for n in range(source.first_number, source.last_number + 1)}
-        for path in (out_dir / "frames").glob("frame_*.png"):
-            if path.name not in ours:
-                path.unlink()
-    result = render_sequence(generator, identity, source, out_dir / "frames", seed=seed, fps=animation.fps,
-                             settings=settings, overwrite=overwrite)
+    with FolderLock(ensure_writable_dir(out_dir / "frames"), "demo"):  # alone from the check to the last frame
+        overwrite = settings_differ(out_dir / "frames", settings)
+        if overwrite:
+            click.echo(f"{out_dir / 'frames'} holds demo frames made with other settings; rendering them again")
+            # A longer earlier demo left frames past this one's end; they would sit beside the new ones.
+            ours = {frame_name(n) for n in range(source.first_number, source.last_number + 1)}
+            for path in (out_dir / "frames").glob("frame_*.png"):
+                if path.name not in ours:
+                    path.unlink()
+        result = render_sequence(generator, identity, source, out_dir / "frames", seed=seed, fps=animation.fps,
+                                 settings=settings, overwrite=overwrite)
     click.echo(result.summary())
     jaw_frame = int(np.argmax(animation.frames.jaw[:, 0].numpy()))
     with torch.no_grad():

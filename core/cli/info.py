@@ -16,6 +16,7 @@ def info_command(path: str) -> None:
     \b
     Example: next3d info next3d_ffhq_512.pkl
     """
+    from ..io.generator_io import memory_guard
     from ..io.official_pickle import describe_official_pickle
     from ..io.safetensors_format import checkpoint_kind, load_checkpoint
 
@@ -24,9 +25,11 @@ def info_command(path: str) -> None:
         raise click.BadParameter(f"{path} does not exist", param_hint="PATH")
     kind = checkpoint_kind(p)
     if kind == "official-pickle":
-        summary = describe_official_pickle(p)
+        with memory_guard(p):
+            summary = describe_official_pickle(p)
     elif kind == "next3d-safetensors":
-        config, state_dict, extra = load_checkpoint(p)
+        with memory_guard(p):
+            config, state_dict, extra = load_checkpoint(p)
         summary = {"format": "next3d safetensors", "tensors": len(state_dict),
                    "parameters": int(sum(v.numel() for v in state_dict.values())), "extras": sorted(extra),
                    "config": config}

@@ -57,6 +57,7 @@ def video_command(model: Optional[str], avatar: Avatar, frames: int, mesh: MeshF
     import numpy as np
     import torch
 
+    from ..io.folder_lock import FolderLock
     from ..io.images import ensure_writable_dir
     from ..sampling import latent_from_seed
     from ..sequence.cameras import OrbitCamera, video_conditioning_label
@@ -105,13 +106,16 @@ def video_command(model: Optional[str], avatar: Avatar, frames: int, mesh: MeshF
                              sample_mult=sample_mult, sample_seed=sample_seed, **precision_record(precision))
     click.echo(f"{n_frames} frames ({len(seeds)} seeds x {frames}) into {frames_dir}", err=True)
     ensure_writable_dir(out_path.resolve().parent)
-    result = render_sequence(generator, identity, source, frames_dir, batch_size=batch, seed=sample_seed,
-                             overwrite=overwrite, progress=not quiet, write_video=True, fps=fps, image_mode=image_mode,
-                             video_path=out_path, settings=settings)
+    # The command holds the frames' folder alone from the first frame until the frames are deleted.
+    with FolderLock(ensure_writable_dir(frames_dir), "video"):
+        result = render_sequence(generator, identity, source, frames_dir, batch_size=batch, seed=sample_seed,
+                                 overwrite=overwrite, progress=not quiet, write_video=True, fps=fps,
+                                 image_mode=image_mode, video_path=out_path, settings=settings)
+        if not keep_frames:
+            for n in range(source.first_number, source.last_number + 1):
+                (frames_dir / frame_name(n)).unlink(missing_ok=True)
+            (frames_dir / SETTINGS_NAME).unlink(missing_ok=True)
     if not keep_frames:
-        for n in range(source.first_number, source.last_number + 1):
-            (frames_dir / frame_name(n)).unlink(missing_ok=True)
-        (frames_dir / SETTINGS_NAME).unlink(missing_ok=True)
         try:
             frames_dir.rmdir()
         except OSError:

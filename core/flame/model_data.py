@@ -34,6 +34,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..io.atomic import atomic_write
+from ..io.bounded_read import BoundedReadError, read_npz
 
 __all__ = ["FlameModelData", "load_model_data", "save_model_data", "N_JOINTS", "N_LANDMARKS",
            "N_CONTOUR_LANDMARKS", "N_DYNAMIC_YAWS", "JOINT_NAMES", "FLAME_PARENTS"]
@@ -232,15 +233,17 @@ def load_model_data(path: PathLike) -> FlameModelData:
         raise InputError(f"FLAME model file {str(path)!r} does not exist. Convert the official FLAME model with "
                          "core.flame.convert_official_flame, or use the built-in head.")
     try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {key: z[key] for key in z.files}
-    except ValueError as exc:
+        arrays = read_npz(path)   # bounded: a truncated or hostile archive is a BoundedReadError
+    except MemoryError:
+        raise InputError(f"Not enough memory to read the FLAME model {path}; close other programs.") from None
+    except BoundedReadError as exc:
         if "pickle" in str(exc).lower():
             raise InputError(f"{path} holds pickled objects, which a converted FLAME model never does; convert "
                              "the official model again with core.flame.convert_official_flame.") from None
         raise InputError(f"{path} is not a readable .npz file ({exc}); convert the model again.") from None
-    except (OSError, EOFError) as exc:
-        raise InputError(f"{path} is not a readable .npz file ({exc}); convert the model again.") from None
+    except OSError as exc:
+        raise InputError(f"{path} is not a readable .npz file ({exc.strerror or exc}); convert the model "
+                         "again.") from None
     missing = [key for key in REQUIRED_KEYS if key not in arrays]
     if missing:
         raise InputError(f"{path} is not a converted FLAME model: it lacks {', '.join(missing)}. Convert the "

@@ -25,6 +25,7 @@ import torch
 
 from ..errors import InputError
 from ..io.atomic import npy_bytes, write_bytes_atomic
+from ..io.bounded_read import READ_ERRORS, json_loads, load_npy, read_error_text
 from ..io.images import ensure_writable_dir, to_uint8, write_png
 from ..networks.next3d import Next3DGenerator
 from .pti import InversionResult
@@ -114,10 +115,10 @@ def load_latent(path: PathLike, generator: Next3DGenerator) -> torch.Tensor:
         raise InputError(f"The latent file {str(path)!r} does not exist; give the latent.npy that `next3d invert` "
                          "wrote.")
     try:
-        data = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise InputError(f"{path} is not a plain .npy array ({exc}); give the latent.npy that `next3d invert` "
-                         "wrote.") from None
+        data = load_npy(path)
+    except READ_ERRORS as exc:
+        raise InputError(f"{path} is not a plain .npy array ({read_error_text(exc)}); give the latent.npy that "
+                         "`next3d invert` wrote.") from None
     if data.dtype.kind not in "fiu":
         raise InputError(f"{path} holds {data.dtype} values; a latent is a float array {shape_text}.")
     if data.ndim == 2:
@@ -141,16 +142,19 @@ def load_avatar(folder: PathLike, device: Union[str, torch.device] = "cpu") -> A
     if not info_path.is_file():
         raise InputError(f"{folder} holds no complete avatar (avatar.json is missing); run `next3d invert` into it.")
     try:
-        info = json.loads(info_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(f"{info_path} cannot be read ({exc}); run `next3d invert` again.") from None
+        info = json_loads(info_path.read_bytes())
+    except READ_ERRORS as exc:
+        raise InputError(f"{info_path} cannot be read ({read_error_text(exc)}); run `next3d invert` again.") from None
     generator = load_generator(folder / "avatar.safetensors", device)
     ws = load_latent(folder / "latent.npy", generator)
+    name = "camera.npy"
     try:
-        camera = np.load(folder / "camera.npy", allow_pickle=False).astype(np.float32).reshape(-1)
-        mesh = np.load(folder / "mesh.npy", allow_pickle=False).astype(np.float32)
-    except (ValueError, OSError) as exc:
-        raise InputError(f"{folder}: camera.npy or mesh.npy cannot be read ({exc}).") from None
+        camera = load_npy(folder / name).astype(np.float32).reshape(-1)
+        name = "mesh.npy"
+        mesh = load_npy(folder / name).astype(np.float32)
+    except READ_ERRORS as exc:
+        raise InputError(f"{folder / name} cannot be read ({read_error_text(exc)}); run `next3d invert` "
+                         "again.") from None
     if camera.shape != (25,):
         raise InputError(f"{folder / 'camera.npy'} holds {camera.size} values; expected 25.")
     mesh_input = torch.from_numpy(mesh)[None].to(device)

@@ -17,8 +17,9 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-__all__ = ["BoundedReadError", "MAX_JSON_DEPTH", "json_loads", "read_npy", "read_npy_header", "read_npz",
-           "npz_budget", "text_numbers", "read_text_array"]
+__all__ = ["BoundedReadError", "MAX_JSON_DEPTH", "json_loads", "read_npy", "read_npy_header", "load_npy", "read_npz",
+           "npz_budget", "text_numbers", "read_text_array", "READ_ERRORS",
+           "read_error_text"]
 
 MAX_JSON_DEPTH = 32         # configs and landmark files nest 3 levels; animations are checked field by field
 _PLAIN_KINDS = "biufcUS"    # bool, signed, unsigned, float, complex, fixed-size text
@@ -29,6 +30,20 @@ ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, No
 
 class BoundedReadError(ValueError):
     """A file does not hold what it claims (or claims too much); the message names the problem, not the file."""
+
+
+# What reading a user's file may raise besides BoundedReadError: the callers turn these into one line naming the
+# file (MemoryError: a file within bounds that still does not fit in the memory left).
+READ_ERRORS = (BoundedReadError, OSError, ValueError, UnicodeDecodeError, MemoryError)
+
+
+def read_error_text(exc: BaseException) -> str:
+    """One line saying why a file could not be read, for an error that names the file."""
+    if isinstance(exc, MemoryError):
+        return "not enough memory to read it; close other programs"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return " ".join(str(exc).split())[:300] or type(exc).__name__
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -112,6 +127,12 @@ def read_npy(fh: BinaryIO, size: int | None = None) -> np.ndarray:
     if fh.readinto(buf) != len(buf):
         raise BoundedReadError("it ends inside its array data; it is truncated")
     return np.frombuffer(buf, dtype=dtype).reshape(shape, order="F" if fortran else "C")
+
+
+def load_npy(path: str | os.PathLike) -> np.ndarray:
+    """read_npy of the file at `path` (a missing file is an OSError)."""
+    with open(path, "rb") as fh:
+        return read_npy(fh)
 
 
 # ----------------------------------------------------------------------------------------------------------------

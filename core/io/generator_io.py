@@ -5,6 +5,7 @@ This is the one place that maps the official constructor arguments and pickled a
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from pathlib import Path
@@ -248,9 +249,33 @@ def generator_from_official(net: OfficialNetwork) -> Next3DGenerator:
     return generator.eval().requires_grad_(False)
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """An allocation failure: Python's MemoryError, torch's OutOfMemoryError (CUDA), or the RuntimeError torch's
+    CPU allocator raises."""
+    return isinstance(exc, MemoryError) or isinstance(exc, getattr(torch, "OutOfMemoryError", ())) or (
+        isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc))
+
+
+@contextlib.contextmanager
+def memory_guard(path: PathLike, what: str = "the model"):
+    """Turn an allocation failure while loading `path` into a one-line CheckpointError naming the file."""
+    try:
+        yield
+    except (MemoryError, RuntimeError) as exc:
+        if not is_out_of_memory(exc):
+            raise
+        raise CheckpointError(f"Not enough memory to load {what} {path}; close other programs, or load it on a "
+                              "device with more memory.") from None
+
+
 def load_generator(path: PathLike, device: Union[str, torch.device] = "cpu") -> Next3DGenerator:
-    """Load a generator from an official Next3D pickle or a project .safetensors checkpoint, in eval mode."""
-    path = Path(path)
+    """Load a generator from an official Next3D pickle or a project .safetensors checkpoint, in eval mode; running
+    out of memory is a CheckpointError naming the file."""
+    with memory_guard(path):
+        return _load_generator(Path(path), device)
+
+
+def _load_generator(path: Path, device: Union[str, torch.device]) -> Next3DGenerator:
     if not path.is_file():
         raise CheckpointError(f"Model file {str(path)!r} does not exist. Give the path of next3d_ffhq_512.pkl or "
                               "of a .safetensors checkpoint written by next3d.")

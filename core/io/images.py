@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import zlib
 from pathlib import Path
 from typing import Union
 
@@ -43,6 +44,40 @@ def write_png(path: Union[str, os.PathLike], pixels: np.ndarray) -> None:
     import imageio.v3 as iio
 
     write_bytes_atomic(path, iio.imwrite("<bytes>", pixels, extension=".png"))
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_is_whole(path: Union[str, os.PathLike]) -> bool:
+    """True if the file is a complete PNG: every chunk whole with a right CRC, the image data one complete zlib
+    stream, and IEND at the end. It checks what a decoder relies on without filtering or keeping the pixels, so a
+    resumed render can afford it for every frame on disk (a frame cut short by a full disk, or damaged, fails)."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError:
+        return False
+    if not data.startswith(_PNG_SIGNATURE):
+        return False
+    stream = zlib.decompressobj()
+    pos, seen_header = len(_PNG_SIGNATURE), False
+    while pos + 12 <= len(data):
+        length = int.from_bytes(data[pos:pos + 4], "big")
+        end = pos + 12 + length
+        if end > len(data) or zlib.crc32(data[pos + 4:end - 4]) != int.from_bytes(data[end - 4:end], "big"):
+            return False
+        kind = data[pos + 4:pos + 8]
+        seen_header = seen_header or kind == b"IHDR"
+        if kind == b"IDAT":
+            try:
+                stream.decompress(data[pos + 8:end - 4])   # the pixels are dropped as they come
+            except zlib.error:
+                return False
+        elif kind == b"IEND":
+            return seen_header and stream.eof
+        pos = end
+    return False
 
 
 def read_image(path: Union[str, os.PathLike]) -> np.ndarray:

@@ -263,7 +263,12 @@ def load_checkpoint(path: str | os.PathLike, kind: str | None = "next3d-generato
                     state_dict[name] = f.get_tensor(name)
     except CheckpointError:
         raise
+    except MemoryError:
+        raise CheckpointError(f"Not enough memory to load '{path}'; close other programs.") from None
     except Exception as exc:  # safetensors raises its own error types for damaged files
+        if "Cannot allocate memory" in str(exc) or "os error 12" in str(exc):   # mmap or a tensor's allocation
+            raise CheckpointError(f"Not enough memory to load '{path}' ({' '.join(str(exc).split())[:160]}); close "
+                                  "other programs.") from None
         raise CheckpointError(f"'{path}' could not be read ({exc}); the file is damaged or truncated. Convert the "
                               "checkpoint again.") from exc
     return config, state_dict, extra

@@ -23,6 +23,7 @@ import torch
 from ..errors import InputError
 from ..flame.params import FlameParams
 from ..io.atomic import npy_bytes, write_bytes_atomic
+from ..io.bounded_read import READ_ERRORS, json_loads, load_npy, read_error_text, read_text_array
 from ..io.images import read_image, write_png
 from .crop import Crop
 
@@ -43,7 +44,8 @@ def save_portrait(folder: PathLike, portrait) -> Path:
     write_bytes_atomic(folder / "landmarks.txt", _txt(portrait.landmarks))
     if portrait.eye_landmarks is not None:
         write_bytes_atomic(folder / "irises.txt", _txt(portrait.eye_landmarks))
-    write_bytes_atomic(folder / "camera.npy", npy_bytes(portrait.camera.detach().cpu().reshape(-1).numpy().astype(np.float32)))
+    camera = portrait.camera.detach().cpu().reshape(-1).numpy().astype(np.float32)
+    write_bytes_atomic(folder / "camera.npy", npy_bytes(camera))
     write_bytes_atomic(folder / "mesh.npy", npy_bytes(portrait.mesh_input.detach().cpu()[0].numpy().astype(np.float32)))
     info = {
         "flame": {k: v[0].tolist() for k, v in portrait.flame.to_dict().items()},
@@ -66,21 +68,32 @@ def load_portrait(folder: PathLike):
     if missing:
         raise InputError(f"{folder} is not a portrait folder: {', '.join(missing)} missing. Preprocess the photo "
                          "again (next3d invert writes one under AVATAR/portrait/).")
-    info = json.loads((folder / "portrait.json").read_text(encoding="utf-8"))
-    irises = folder / "irises.txt"
-    crop = info.get("crop")
-    return Portrait(
-        image=read_image(folder / "crop.png"),
-        landmarks=np.loadtxt(folder / "landmarks.txt", dtype=np.float32, ndmin=2),
-        eye_landmarks=np.loadtxt(irises, dtype=np.float32, ndmin=2).reshape(2, 5, 2) if irises.is_file() else None,
-        camera=torch.from_numpy(np.load(folder / "camera.npy", allow_pickle=False)),
-        flame=FlameParams.from_dict(info["flame"]),
-        mesh_input=torch.from_numpy(np.load(folder / "mesh.npy", allow_pickle=False))[None],
-        fit_error_px=float(info["fit_error_px"]),
-        eye_error_px=info.get("eye_error_px"),
-        crop=Crop(np.array(crop["centre"]), np.array(crop["x_axis"])) if crop else None,
-        warnings=list(info.get("warnings", [])),
-    )
+    name = "portrait.json"
+    try:  # each file within bounds (core/io/bounded_read.py); any failure names the file
+        with open(folder / name, "rb") as fh:
+            info = json_loads(fh.read())
+        irises = folder / "irises.txt"
+        crop = info.get("crop")
+        name = "landmarks.txt"
+        landmarks = read_text_array(folder / name)
+        name = "irises.txt"
+        eyes = read_text_array(irises).reshape(2, 5, 2) if irises.is_file() else None
+        name = "camera.npy"
+        camera = torch.from_numpy(load_npy(folder / name).copy())
+        name = "mesh.npy"
+        mesh_input = torch.from_numpy(load_npy(folder / name).copy())[None]
+        name = "portrait.json"
+        return Portrait(
+            image=read_image(folder / "crop.png"), landmarks=landmarks, eye_landmarks=eyes, camera=camera,
+            flame=FlameParams.from_dict(info["flame"]), mesh_input=mesh_input,
+            fit_error_px=float(info["fit_error_px"]), eye_error_px=info.get("eye_error_px"),
+            crop=Crop(np.array(crop["centre"]), np.array(crop["x_axis"])) if crop else None,
+            warnings=list(info.get("warnings", [])))
+    except InputError:
+        raise
+    except READ_ERRORS + (KeyError, TypeError, AttributeError) as exc:
+        raise InputError(f"{folder / name} cannot be read ({read_error_text(exc)}); preprocess the photo again "
+                         "(next3d invert writes the portrait folder under AVATAR/portrait/).") from None
 
 
 def read_camera_file(path: PathLike) -> torch.Tensor:
@@ -95,9 +108,9 @@ def read_camera_file(path: PathLike) -> torch.Tensor:
         raise InputError(f"The camera file {str(p)!r} does not exist; {fix}.")
     try:
         if p.suffix.lower() == ".npy":
-            data = np.load(p, allow_pickle=False)
+            data = load_npy(p)
         else:
-            data = json.loads(p.read_text(encoding="utf-8"))
+            data = json_loads(p.read_bytes())
             if isinstance(data, dict) and "labels" in data:
                 labels = data["labels"]
                 if not isinstance(labels, list) or len(labels) != 1:
@@ -107,10 +120,10 @@ def read_camera_file(path: PathLike) -> torch.Tensor:
             elif isinstance(data, dict):
                 data = data.get("camera")
         values = np.asarray(data, dtype=np.float32)
-    except (OSError, ValueError, TypeError, IndexError) as exc:
+    except (OSError, ValueError, TypeError, IndexError, MemoryError) as exc:
         if isinstance(exc, InputError):
             raise
-        raise InputError(f"The camera file {p} cannot be read ({exc}); {fix}.") from None
+        raise InputError(f"The camera file {p} cannot be read ({read_error_text(exc)}); {fix}.") from None
     if values.shape == (4, 4):
         values = camera_label(torch.from_numpy(values), fov_to_intrinsics(FFHQ_FOV_DEG)).numpy()
     values = values.reshape(-1)

@@ -9,5 +9,5 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "render": ["FlameSequenceSource", "FrameSource", "MeshFolderSource", "SequenceInterrupted", "SequenceResult",
                "StaticMeshSource", "VertexArraySource", "frame_name", "frame_seed", "parse_frame_range",
                "render_sequence", "sequence_source", "settings_differ"],
-    "video": ["write_video"],
+    "video": ["check_fps", "count_video_frames", "write_video"],
 })

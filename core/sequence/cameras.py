@@ -6,7 +6,6 @@ of the frame at each 0-based position of a sequence.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -16,6 +15,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..io.bounded_read import READ_ERRORS, json_loads, load_npy, read_error_text
 from ..rendering.camera import (FFHQ_FOV_DEG, FFHQ_PIVOT, FFHQ_RADIUS, camera_label, ffhq_camera,
                                 look_at_cam2world)
 
@@ -144,19 +144,19 @@ def load_camera_labels(path: PathLike) -> torch.Tensor:
     suffix = path.suffix.lower()
     if suffix == ".npy":
         try:
-            data = np.load(path, allow_pickle=False)
-        except ValueError as exc:
-            raise InputError(f"{path.name} is not a plain numeric .npy array ({exc}).") from None
+            data = load_npy(path)
+        except READ_ERRORS as exc:
+            raise InputError(f"{path.name} is not a plain numeric .npy array ({read_error_text(exc)}).") from None
         if data.ndim != 2 or data.shape[1] < 25:
             raise InputError(f"{path.name} holds an array of shape {data.shape}; camera labels must be "
                              "[frames, 25] (cam2world 4x4 then intrinsics 3x3, row-major).")
         return torch.from_numpy(np.asarray(data, dtype=np.float32)[:, :25].copy())
     if suffix == ".json":
         try:
-            with open(path, "r", encoding="utf-8") as fh:
-                data = json.load(fh)
-        except (OSError, json.JSONDecodeError) as exc:
-            raise InputError(f"{path.name} is not valid JSON ({exc}).") from None
+            with open(path, "rb") as fh:
+                data = json_loads(fh.read())
+        except READ_ERRORS as exc:
+            raise InputError(f"{path.name} is not valid JSON ({read_error_text(exc)}).") from None
         labels = data.get("labels") if isinstance(data, dict) else None
         if not isinstance(labels, list) or not labels:
             raise InputError(f"{path.name} has no \"labels\" list; the official dataset.json layout is "

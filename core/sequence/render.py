@@ -11,11 +11,16 @@
   interruption, with any batch size. (Different batch sizes give frames equal only to float rounding.)
 - Ctrl-C stops between frames: the frame being rendered is finished and written, then SequenceInterrupted (a
   KeyboardInterrupt) is raised; a second Ctrl-C abandons the frame at once. No partial or temporary file remains.
+- One folder, one render: the folder is locked for the whole render (core.io.folder_lock). Renders with the same
+  settings share it (a --frames range each); any other is refused, naming the pid and command of the holder. A
+  damaged settings record is refused rather than replaced, a frame on disk that is not a whole PNG is rendered
+  again, temporaries of a killed run are removed, and a failed write is an OutputError saying what was kept.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -23,6 +28,7 @@ import signal
 import sys
 import threading
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple, Union
@@ -30,9 +36,12 @@ from typing import Callable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from ..errors import InputError
+from ..errors import InputError, OutputError
 from ..io.atomic import write_bytes_atomic
-from ..io.images import ensure_writable_dir, to_uint8, write_png
+from ..io.bounded_read import (READ_ERRORS, ZIP_ERRORS, BoundedReadError, json_loads, read_error_text, read_npy_header,
+                               read_npz)
+from ..io.folder_lock import FolderBusy, FolderLock
+from ..io.images import ensure_writable_dir, png_is_whole, to_uint8, write_png
 from ..io.mesh_files import read_mesh_input
 from ..networks.next3d import AvatarIdentity, Next3DGenerator
 from ..rendering.volume import RandomDraws
@@ -43,6 +52,11 @@ IMAGE_MODES = ("image", "image_raw", "image_depth")
 SEED_STRIDE = 1_000_003
 SETTINGS_NAME = "next3d_sequence.json"  # what the frames in a folder were rendered with
 STALE_TEMP_S = 60.0  # write_png's temporary files live for milliseconds; older ones are left by a killed run
+MAX_RECORD_BYTES = 1 << 20  # a settings record is a few hundred bytes
+# Temporaries that a killed run leaves in a sequence folder: frames and the record (core.io.atomic's
+# `.<stem>-XXXXXXXX<suffix>`) and videos (core.sequence.video's, the same form).
+_TEMPORARY = re.compile(r"\.(frame_\d+|next3d_sequence|video(_\d+-\d+)?)-[a-z0-9_]{8}\.(png|json|mp4|mkv|mov)$"
+                        r"|\.next3d-write-test-[a-z0-9_]{8}$")
 
 
 def frame_name(number: int) -> str:
@@ -171,21 +185,25 @@ class VertexArraySource(FrameSource):
                 raise InputError(f"Sequence file {str(path)!r} does not exist.")
             try:
                 if path.suffix.lower() == ".npy":
+                    with open(path, "rb") as fh:   # its header checked against its size, then memory-mapped
+                        read_npy_header(fh)
                     array = np.load(path, mmap_mode="r", allow_pickle=False)
                 elif path.suffix.lower() == ".npz":
-                    with np.load(path, allow_pickle=False) as npz:
-                        if "v" in npz:
-                            array = npz["v"]
-                        elif "vertices" in npz and "landmarks" in npz:
-                            array = np.concatenate([npz["vertices"], npz["landmarks"]], axis=1)
-                        else:
-                            raise InputError(f"{name} has arrays {sorted(npz.files)}; it needs 'v' [frames, {want}, "
-                                             f"3], or 'vertices' [frames, {n_vertices}, 3] and 'landmarks' "
-                                             f"[frames, {n_landmarks}, 3].")
+                    npz = read_npz(path)
+                    if "v" in npz:
+                        array = npz["v"]
+                    elif "vertices" in npz and "landmarks" in npz:
+                        array = np.concatenate([npz["vertices"], npz["landmarks"]], axis=1)
+                    else:
+                        raise InputError(f"{name} has arrays {sorted(npz)}; it needs 'v' [frames, {want}, 3], or "
+                                         f"'vertices' [frames, {n_vertices}, 3] and 'landmarks' [frames, "
+                                         f"{n_landmarks}, 3].")
                 else:
                     raise InputError(f"Sequence file {name} must be .npy or .npz (or a folder of .obj meshes).")
-            except (ValueError, OSError) as exc:
-                raise InputError(f"{name} cannot be read as a numeric array ({exc}).") from None
+            except InputError:
+                raise
+            except READ_ERRORS as exc:
+                raise InputError(f"{name} cannot be read as a numeric array ({read_error_text(exc)}).") from None
         if array.ndim != 3 or array.shape[1:] != (want, 3):
             raise InputError(f"{name} has shape {tuple(array.shape)}; a vertex sequence must be [frames, {want}, 3]: "
                              f"{n_vertices} FLAME vertices then {n_landmarks} 3-D landmarks per frame.")
@@ -289,10 +307,10 @@ def is_flame_animation(path: PathLike) -> bool:
         return True
     if path.suffix.lower() != ".npz" or not path.is_file():
         return False
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            names = set(npz.files)
-    except (ValueError, OSError, EOFError):
+    try:   # the member names only: a damaged archive is reported by the reader that then opens it
+        with zipfile.ZipFile(path) as archive:
+            names = {n[:-4] if n.endswith(".npy") else n for n in archive.namelist()}
+    except (OSError, ValueError) + ZIP_ERRORS:
         return False
     return "format" in names or ("v" not in names and "vertices" not in names
                                  and bool(names & {"expression", "jaw", "shape", "eyes", "neck"}))
@@ -329,6 +347,7 @@ class SequenceResult:
     frame_paths: List[Path]               # every frame of the range, in order (on disk unless interrupted)
     written: List[int] = field(default_factory=list)   # frame numbers rendered and written by this call
     skipped: List[int] = field(default_factory=list)   # already on disk
+    redone: List[int] = field(default_factory=list)    # on disk but not whole PNGs: rendered again
     interrupted: bool = False
     video: Optional[Path] = None
     seconds: float = 0.0
@@ -346,7 +365,8 @@ class SequenceResult:
         first, last = self.frame_range
         text = (f"wrote {len(self.written)} frames to {self.out_dir} in {self.seconds:.1f} s"
                 + (f" ({self.frames_per_second:.2f} frames/s)" if self.written else "")
-                + (f"; {len(self.skipped)} of frames {first}-{last} were already there" if self.skipped else ""))
+                + (f"; {len(self.skipped)} of frames {first}-{last} were already there" if self.skipped else "")
+                + (f"; {len(self.redone)} damaged frames were rendered again" if self.redone else ""))
         if self.video is not None:
             text += f"; video {self.video}"
         return text
@@ -434,48 +454,139 @@ def _draws(generator: Next3DGenerator, numbers: Sequence[int], seed: int, device
     return RandomDraws(torch.cat(strat).to(device), torch.cat(imp).to(device))
 
 
-def _recorded_settings(out_dir: Path) -> Optional[dict]:
+def _read_record(out_dir: Path) -> Tuple[str, Optional[dict], str]:
+    """('none' | 'ok' | 'damaged', the recorded settings, why it is damaged)."""
+    path = out_dir / SETTINGS_NAME
     try:
-        with open(out_dir / SETTINGS_NAME, "r", encoding="utf-8") as fh:
-            return json.load(fh)
-    except (OSError, ValueError):
-        return None
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_RECORD_BYTES + 1)
+    except FileNotFoundError:
+        return "none", None, ""
+    except OSError as exc:
+        return "damaged", None, f"it cannot be read: {exc.strerror or exc}"
+    if len(data) > MAX_RECORD_BYTES:
+        return "damaged", None, f"it is larger than {MAX_RECORD_BYTES:,} bytes"
+    try:
+        value = json_loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, BoundedReadError) as exc:
+        return "damaged", None, f"it is not valid JSON: {' '.join(str(exc).split())[:120]}"
+    if not isinstance(value, dict):
+        return "damaged", None, f"it holds a JSON {type(value).__name__}, not a record of settings"
+    return "ok", value, ""
+
+
+def _plain(settings: dict) -> dict:
+    return json.loads(json.dumps(settings, default=str, sort_keys=True))
 
 
 def settings_differ(out_dir: PathLike, settings: dict) -> bool:
-    """True if `out_dir` holds frames recorded with settings other than these (a render there would be refused
-    without overwrite)."""
-    old = _recorded_settings(Path(out_dir))
-    return isinstance(old, dict) and old != json.loads(json.dumps(settings, default=str, sort_keys=True))
+    """True if `out_dir` holds frames recorded with settings other than these, or a damaged record (a render there
+    would be refused without overwrite)."""
+    state, old, _ = _read_record(Path(out_dir))
+    return state == "damaged" or (state == "ok" and old != _plain(settings))
+
+
+def _damaged_record(out_dir: Path, why: str) -> InputError:
+    return InputError(f"The settings record {out_dir / SETTINGS_NAME} is damaged ({why}), so the frames in {out_dir} "
+                      "cannot be matched to this render. Delete the folder to start over, or delete only "
+                      f"{SETTINGS_NAME} if its frames were made with these very settings, then run the command again.")
+
+
+def _other_settings(out_dir: Path, old: dict, settings: dict, running: str = "") -> InputError:
+    diffs = [f"{k}: {old.get(k)!r} there, {settings.get(k)!r} now" for k in sorted(set(old) | set(settings))
+             if old.get(k) != settings.get(k)]
+    return InputError(f"{out_dir} holds frames rendered with other settings ({'; '.join(diffs[:4])}){running}. Use "
+                      "--overwrite (overwrite=True) to replace them, or choose another output folder.")
 
 
 def _check_settings(out_dir: Path, settings: Optional[dict], overwrite: bool) -> None:
     """Refuse to mix frames of different renders in one folder: the settings of the frames on disk are kept in
-    next3d_sequence.json and must equal this run's unless `overwrite`."""
+    next3d_sequence.json and must equal this run's unless `overwrite`. The caller holds the folder alone."""
     if settings is None:
         return
-    settings = json.loads(json.dumps(settings, default=str, sort_keys=True))
-    old = _recorded_settings(out_dir)
-    if old == settings:
+    settings = _plain(settings)
+    state, old, why = _read_record(out_dir)
+    if state == "ok" and old == settings:
         return
-    if isinstance(old, dict) and not overwrite:
-        diffs = [f"{k}: {old.get(k)!r} there, {settings.get(k)!r} now" for k in sorted(set(old) | set(settings))
-                 if old.get(k) != settings.get(k)]
-        raise InputError(f"{out_dir} holds frames rendered with other settings ({'; '.join(diffs[:4])}). Use "
-                         "--overwrite (overwrite=True) to replace them, or choose another output folder.")
-    write_bytes_atomic(out_dir / SETTINGS_NAME, json.dumps(settings, indent=1, sort_keys=True).encode("utf-8"))
+    if state == "damaged" and not overwrite:
+        raise _damaged_record(out_dir, why)
+    if state == "ok" and not overwrite:
+        raise _other_settings(out_dir, old, settings)
+    try:
+        write_bytes_atomic(out_dir / SETTINGS_NAME, json.dumps(settings, indent=1, sort_keys=True).encode("utf-8"))
+    except OSError as exc:
+        raise OutputError(f"Cannot write the settings record {out_dir / SETTINGS_NAME} ({exc.strerror or exc}); "
+                          "nothing was rendered. Free some disk space or make the folder writable, then run the "
+                          "command again.") from None
 
 
-def _remove_stale_temps(out_dir: Path, numbers: Sequence[int]) -> None:
+def _check_settings_shared(out_dir: Path, settings: dict, overwrite: bool, lock: FolderLock) -> None:
+    """Join renders running in the folder: only with their very settings, and without --overwrite (which would
+    render their frames again under them)."""
+    settings = _plain(settings)
+    state, old, why = _read_record(out_dir)
+    if state == "damaged":
+        raise _damaged_record(out_dir, why)
+    running = f" by a render running now ({lock.describe_holders()})"
+    if state == "ok" and old != settings and not overwrite:
+        raise _other_settings(out_dir, old, settings, running)
+    if state != "ok" or old != settings or overwrite:
+        raise lock.busy()
+
+
+def _lock_folder(out_dir: Path, settings: Optional[dict], overwrite: bool) -> FolderLock:
+    """Hold `out_dir` for this render: alone while the settings record is checked (and written) and a killed run's
+    temporaries are removed, then shared with renders of the same settings (without settings, alone throughout)."""
+    lock = FolderLock(out_dir, "render")
+    try:
+        lock.acquire(shared=False)
+    except FolderBusy:
+        if settings is None:
+            raise
+        # Others render here: join them if the settings are theirs. A holder alone keeps the folder only while it
+        # writes the record, so wait a moment for its shared hold.
+        lock.acquire(shared=True, wait=5.0)
+    try:
+        if lock.exclusive:
+            _check_settings(out_dir, settings, overwrite)
+            _remove_temporaries(out_dir, min_age_s=0)
+            if settings is not None:
+                lock.downgrade()
+        else:
+            _check_settings_shared(out_dir, settings, overwrite, lock)
+            _remove_temporaries(out_dir, min_age_s=STALE_TEMP_S)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def _remove_temporaries(out_dir: Path, min_age_s: float) -> None:
+    """Delete the temporaries of killed runs (frames, the record, videos) not touched for `min_age_s` seconds (0:
+    all, when no other render uses the folder; a write in progress touches its file every few milliseconds)."""
     now = time.time()
-    wanted = {Path(frame_name(n)).stem for n in numbers}
-    for p in out_dir.glob(".frame_*-*.png"):
-        stem = p.name[1:].rsplit("-", 1)[0]
-        try:
-            if stem in wanted and now - p.stat().st_mtime > STALE_TEMP_S:
-                p.unlink()
-        except OSError:
-            pass
+    try:
+        entries = list(out_dir.iterdir())
+    except OSError:
+        return
+    for p in entries:
+        if _TEMPORARY.match(p.name):
+            try:
+                if now - p.stat().st_mtime >= min_age_s:
+                    p.unlink()
+            except OSError:
+                pass
+
+
+def _write_failure(result: "SequenceResult", path: Path, exc: OSError) -> OutputError:
+    full = exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+    fix = "free some disk space" if full else "make the folder writable again"
+    redone_left = set(result.redone) - set(result.written)
+    first, last = result.frame_range
+    kept = sum(1 for n, p in zip(range(first, last + 1), result.frame_paths) if p.is_file() and n not in redone_left)
+    return OutputError(f"Could not write {path} ({exc.strerror or exc}). Kept: {kept} whole frames of {first}-{last} "
+                       f"in {result.out_dir} ({len(result.written)} written by this run); {fix}, then run the same "
+                       "command again to resume (frames on disk are skipped).")
 
 
 def render_sequence(generator: Next3DGenerator, identity: Optional[AvatarIdentity], frames: FrameSource,
@@ -501,8 +612,10 @@ def render_sequence(generator: Next3DGenerator, identity: Optional[AvatarIdentit
     if int(batch_size) < 1:
         raise InputError(f"The batch size must be at least 1; got {batch_size}.")
     batch_size = int(batch_size)
-    if fps <= 0:
-        raise InputError(f"The video frame rate must be positive; got {fps}.")
+    if write_video:
+        from .video import check_fps
+
+        fps = check_fps(fps)
     n_total = len(frames)
     first_all, last_all = frames.first_number, frames.last_number
     first, last = frame_range if frame_range is not None else (first_all, last_all)
@@ -515,13 +628,24 @@ def render_sequence(generator: Next3DGenerator, identity: Optional[AvatarIdentit
         raise InputError("render_sequence needs the avatar identity (generator.make_identity(ws)) unless the frame "
                          "source gives ws per frame.")
     out_dir = ensure_writable_dir(out_dir)
+    lock = _lock_folder(out_dir, settings, overwrite)
+    try:
+        return _render_locked(generator, identity, frames, out_dir, first, last, batch_size, overwrite, seed,
+                              progress, write_video, fps, image_mode, video_path, noise_mode, should_stop, on_frame)
+    finally:
+        lock.release()
+
+
+def _render_locked(generator, identity, frames, out_dir, first, last, batch_size, overwrite, seed, progress,
+                   write_video, fps, image_mode, video_path, noise_mode, should_stop, on_frame) -> SequenceResult:
+    n_total = len(frames)
     numbers = list(range(first, last + 1))
     paths = [out_dir / frame_name(n) for n in numbers]
     result = SequenceResult(out_dir=out_dir, frame_range=(first, last), frame_paths=paths)
-    _check_settings(out_dir, settings, overwrite)
-    _remove_stale_temps(out_dir, numbers)
-
-    todo = [n for n, p in zip(numbers, paths) if overwrite or not p.is_file()]
+    # A frame cut short (a full disk, a damaged copy) is not whole: rendered again, not skipped.
+    on_disk = {n for n, p in zip(numbers, paths) if not overwrite and p.is_file()}
+    result.redone = [n for n, p in zip(numbers, paths) if n in on_disk and not png_is_whole(p)]
+    todo = [n for n in numbers if n not in on_disk or n in result.redone]
     todo_set = set(todo)
     result.skipped = [n for n in numbers if n not in todo_set]
     groups = sorted({frames.number_to_index(n) // batch_size for n in todo})
@@ -544,9 +668,16 @@ def render_sequence(generator: Next3DGenerator, identity: Optional[AvatarIdentit
                     break
                 indices = list(range(g * batch_size, min((g + 1) * batch_size, n_total)))
                 group_numbers = [frames.index_to_number(i) for i in indices]
-                v = torch.stack([frames.mesh(i).to(torch.float32) for i in indices]).to(device)
-                c = torch.stack([frames.camera(i).to(torch.float32)[:25] for i in indices]).to(device)
-                ws = [frames.ws(i) for i in indices]
+                try:   # a frame's file found bad partway through: what is on disk stays, and says so
+                    v = torch.stack([frames.mesh(i).to(torch.float32) for i in indices]).to(device)
+                    c = torch.stack([frames.camera(i).to(torch.float32)[:25] for i in indices]).to(device)
+                    ws = [frames.ws(i) for i in indices]
+                except InputError as exc:
+                    if not (result.written or result.skipped):
+                        raise
+                    raise InputError(f"{str(exc).rstrip('.')}. The {len(result.written) + len(result.skipped)} "
+                                     "frames on disk are kept: fix the file and run the same command again to "
+                                     "resume.") from None
                 if ws[0] is not None:
                     ident = generator.make_identity(torch.stack([w.reshape(w.shape[-2:]) for w in ws]).to(device),
                                                     noise_mode=noise_mode)
@@ -560,7 +691,10 @@ def render_sequence(generator: Next3DGenerator, identity: Optional[AvatarIdentit
                     path = out_dir / frame_name(number)
                     pixels = _frame_pixels(out, k, image_mode)
                     with stop.writing_file():
-                        write_png(path, pixels)
+                        try:
+                            write_png(path, pixels)
+                        except OSError as exc:  # a full disk, a folder made read-only: say what is kept
+                            raise _write_failure(result, path, exc) from None
                     result.written.append(number)
                     if bar is not None:
                         bar.update(1)

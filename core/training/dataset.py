@@ -18,7 +18,6 @@ the labels, names, PNG headers (signature and size) and meshes; pixel data is de
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import struct
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..io.bounded_read import READ_ERRORS, json_loads, load_npy, read_error_text, read_npz
 from ..networks.next3d import Topology
 
 __all__ = ["FolderDataset", "LABEL_SIZE", "read_png_size"]
@@ -95,9 +95,9 @@ class FolderDataset:
                              "[25 numbers]], ...]}}, with names relative to images/. `next3d make-dataset` writes "
                              "one; EG3D's preprocessing (dataset.json) produces the same format.")
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError, UnicodeDecodeError) as exc:
-            raise InputError(f"{path} is not valid JSON ({exc}); fix or regenerate it.") from None
+            data = json_loads(path.read_bytes())
+        except READ_ERRORS as exc:
+            raise InputError(f"{path} is not valid JSON ({read_error_text(exc)}); fix or regenerate it.") from None
         entries = data.get("labels") if isinstance(data, dict) else None
         if not isinstance(entries, list) or not entries:
             raise InputError(f"{path} has no \"labels\" list (or it is empty); it must be {{\"labels\": "
@@ -173,10 +173,9 @@ class FolderDataset:
             raise InputError(f"{path} is missing: the dataset must say which head its meshes use (faces, uv_faces, "
                              "uvs, uv_face_mask); `next3d make-dataset` writes it.")
         try:
-            with np.load(path, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
-        except Exception as exc:  # zip and npy errors come in several types
-            raise InputError(f"{path} cannot be read ({exc}); regenerate it.") from None
+            arrays = read_npz(path)
+        except READ_ERRORS as exc:
+            raise InputError(f"{path} cannot be read ({read_error_text(exc)}); regenerate it.") from None
         missing = [k for k in ("faces", "uv_faces", "uvs", "uv_face_mask") if k not in arrays]
         if missing:
             raise InputError(f"{path} lacks {', '.join(missing)}; it needs faces, uv_faces, uvs and uv_face_mask.")
@@ -193,10 +192,9 @@ class FolderDataset:
         folder = self.root / "meshes"
         if npz.is_file():
             try:
-                with np.load(npz, allow_pickle=False) as z:
-                    arrays = {k: z[k] for k in z.files}
-            except Exception as exc:
-                raise InputError(f"{npz} cannot be read ({exc}); regenerate it.") from None
+                arrays = read_npz(npz)
+            except READ_ERRORS as exc:
+                raise InputError(f"{npz} cannot be read ({read_error_text(exc)}); regenerate it.") from None
             if "names" not in arrays or "v" not in arrays:
                 raise InputError(f"{npz} must hold `names` [N] and `v` [N, {want_rows}, 3] (mesh vertices then 68 "
                                  "landmarks per image).")
@@ -224,9 +222,10 @@ class FolderDataset:
                     raise InputError(f"The image images/{name} has no mesh: {path} is missing. Add it ([{want_rows}, "
                                      "3] float array: vertices then 68 landmarks) or remove the image.")
                 try:
-                    arr = np.load(path, allow_pickle=False)
-                except Exception as exc:
-                    raise InputError(f"The mesh {path} cannot be read ({exc}); re-export it.") from None
+                    arr = load_npy(path)
+                except READ_ERRORS as exc:
+                    raise InputError(f"The mesh {path} cannot be read ({read_error_text(exc)}); re-export "
+                                     "it.") from None
                 if arr.shape != (want_rows, 3):
                     raise InputError(f"The mesh {path} has shape {list(arr.shape)}, expected [{want_rows}, 3] "
                                      f"({self.n_vertices} vertices + 68 landmarks).")

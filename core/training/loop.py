@@ -17,7 +17,10 @@ Under torchrun the run is data-parallel (core/training/distributed.py): each pro
 global batch, gradients are averaged, and rank 0 alone writes the run folder. A step equals the single-process step
 up to float rounding, so states do not depend on the number of processes and resume at any world size.
 
-Running the same command again with the same `outdir` resumes from the newest state there (`resume='auto'`).
+Running the same command again with the same `outdir` resumes from the newest state there (`resume='auto'`). The
+run holds its folder (core.io.folder_lock: a second run there is refused, naming the first), removes the
+temporaries of a killed run's snapshots, and drops the log records past the step it starts from, so log.jsonl has
+one record per step however often the run was killed and resumed.
 `resume` may also name a state file, a generator checkpoint (.safetensors written by this project) or the official
 Next3D pickle: the last two initialise G and G_ema only (D starts fresh, the blur fade is off unless
 `resume_blur`), like the official `--resume`.
@@ -29,6 +32,7 @@ import copy
 import hashlib
 import json
 import math
+import re
 import signal
 import threading
 import time
@@ -40,6 +44,8 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError, InputError
+from ..io.atomic import write_bytes_atomic
+from ..io.folder_lock import FolderLock
 from ..io.generator_io import load_generator, save_generator
 from ..io.images import ensure_writable_dir, write_png
 from ..io.safetensors_format import load_checkpoint, save_checkpoint, stored_kind
@@ -60,6 +66,10 @@ __all__ = ["TrainingOptions", "TrainingResult", "Trainer", "train", "generator_p
            "find_latest_state", "load_training_state", "STATE_KIND"]
 
 STATE_KIND = "next3d-training-state"
+# Temporaries a killed run leaves in the run folder: snapshots (core.io.safetensors_format's
+# `.<name>.XXXXXXXX.tmp`) and PNGs or the log rewritten atomically (core.io.atomic's `.<stem>-XXXXXXXX<suffix>`).
+_TEMPORARY = re.compile(r"\.(state|network)-\d+\.safetensors\.[a-z0-9_]{8}\.tmp$"
+                        r"|\.(reals|samples-\d+|log|options)-[a-z0-9_]{8}\.(png|jsonl|json)$")
 PHASES = ("Gmain", "Greg", "Dmain", "Dreg")
 
 
@@ -215,6 +225,7 @@ class Trainer:
         self.elapsed = 0.0
         self.blur_init_sigma = options.blur_init_sigma
         self._stop = False
+        self._log_truncated = False
 
     def _appearance_codes(self) -> torch.Tensor:
         o, ds = self.o, self.dataset
@@ -367,9 +378,45 @@ class Trainer:
 
     # ---------------------------------------------------------------------------------------- data
 
+    def _hold_folder(self) -> None:
+        """Rank 0 holds the run folder for the whole run (a second run there is refused, naming this one) and
+        removes what killed runs left: snapshot and image temporaries."""
+        self._lock = FolderLock(self.outdir, "training").acquire()
+        for p in list(self.outdir.iterdir()):
+            if _TEMPORARY.match(p.name):
+                try:
+                    p.unlink()
+                except OSError:
+                    pass
+
+    def _truncate_log(self) -> None:
+        """Drop the log records past the step this run starts from (a killed run logged steps after its last
+        snapshot, which are trained again now) and a last line cut short, so the log holds one record per step
+        however often the run is resumed."""
+        try:
+            data = self.log_path.read_bytes()
+        except FileNotFoundError:
+            return
+        kept, dropped = [], 0
+        for line in data.splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                dropped += 1
+                continue
+            if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] > self.step:
+                dropped += 1
+                continue
+            kept.append(line + b"\n")
+        if dropped:
+            write_bytes_atomic(self.log_path, b"".join(kept))
+
     def log(self, record: dict) -> None:
         if not self.world.is_main:
             return
+        if not self._log_truncated:  # the run's first record comes once its starting step is known
+            self._truncate_log()
+            self._log_truncated = True
         record = {"time": round(time.time(), 3), **record}
         with open(self.log_path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
@@ -525,9 +572,14 @@ class Trainer:
 
     def run(self) -> TrainingResult:
         devices = [self.device] if self.device.type == "cuda" else []
-        with process_group(self.world, self.device, self.o.dist_timeout_s), \
-                torch.random.fork_rng(devices=devices):   # the caller's RNG state is left as it was
-            return self._run()
+        self._lock = None
+        try:
+            with process_group(self.world, self.device, self.o.dist_timeout_s), \
+                    torch.random.fork_rng(devices=devices):   # the caller's RNG state is left as it was
+                return self._run()
+        finally:
+            if self._lock is not None:
+                self._lock.release()
 
     def _resume_source(self) -> Tuple[Optional[str], bool]:
         """(the file to start from, or None for a fresh start; whether the run folder holds no state yet)."""
@@ -556,6 +608,7 @@ class Trainer:
         decision: Tuple = ()
         if self.world.is_main:
             try:
+                self._hold_folder()
                 decision = ("ok", *self._resume_source())
             except InputError as exc:
                 if not self.world.distributed:

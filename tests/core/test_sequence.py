@@ -137,6 +137,20 @@ def test_mesh_folder_source_reads_obj_and_kpt_pairs_in_natural_order(tmp_path, h
         MeshFolderSource(tmp_path)
 
 
+def test_a_malformed_mesh_partway_through_keeps_the_frames_before_it(tmp_path, head, generator, identity):
+    v = head.mesh_input()[0]
+    folder = tmp_path / "drive"
+    folder.mkdir()
+    for k in (1, 2, 3):
+        text = "".join(f"v {x:.6f} {y:.6f} {z:.6f}\n" for x, y, z in v[:5023].tolist())
+        (folder / f"{k}.obj").write_text(text if k < 3 else text[:len(text) // 2] + "v 1 2 x\n")
+        np.savetxt(folder / f"{k}_kpt2d.txt", v[5023:].numpy())
+    with pytest.raises(InputError, match=r"3.obj, line \d+: expected numbers.*The 2 frames on disk are kept: fix the "
+                                         r"file and run the same command again to resume"):
+        render_sequence(generator, identity, MeshFolderSource(folder), tmp_path / "o", progress=False)
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [frame_name(1), frame_name(2)]
+
+
 def test_vertex_array_files_and_bad_shapes(tmp_path, vertex_array):
     np.save(tmp_path / "seq.npy", vertex_array)
     np.savez(tmp_path / "seq.npz", vertices=vertex_array[:, :5023], landmarks=vertex_array[:, 5023:])
@@ -237,6 +251,56 @@ def test_other_settings_in_the_same_folder_are_refused_unless_overwrite(tmp_path
     result = render_sequence(generator, identity, source, tmp_path, progress=False, write_video=False,
                              settings={"seed": 2}, overwrite=True)
     assert result.written == [1, 2]
+
+
+def test_a_damaged_record_is_refused_and_replaced_only_with_overwrite(tmp_path, generator, identity, vertex_array):
+    source = VertexArraySource(vertex_array[:2])
+    render_sequence(generator, identity, source, tmp_path, progress=False, write_video=False, settings={"seed": 1})
+    before = frame_bytes(tmp_path)
+    for damage in (b'{"seed": 1', b"\xff\xfe", b"[" * 10_000 + b"]" * 10_000, b'"seed"'):
+        (tmp_path / "next3d_sequence.json").write_bytes(damage)
+        assert settings_differ(tmp_path, {"seed": 1})
+        with pytest.raises(InputError, match=r"next3d_sequence.json is damaged .*Delete the folder to start over"):
+            render_sequence(generator, identity, source, tmp_path, progress=False, settings={"seed": 1})
+        assert frame_bytes(tmp_path) == before and (tmp_path / "next3d_sequence.json").read_bytes() == damage
+    result = render_sequence(generator, identity, source, tmp_path, progress=False, write_video=False,
+                             settings={"seed": 1}, overwrite=True)
+    assert result.written == [1, 2] and json.loads((tmp_path / "next3d_sequence.json").read_text()) == {"seed": 1}
+
+
+def test_only_whole_pngs_count_as_frames_on_disk(tmp_path, reference):
+    from core.io.images import png_is_whole
+
+    data = (reference / frame_name(2)).read_bytes()
+    assert png_is_whole(reference / frame_name(2))
+    cases = {"cut_in_half": data[:len(data) // 2], "no_iend": data[:-12], "one_byte_flipped":
+             data[:len(data) // 2] + bytes([data[len(data) // 2] ^ 1]) + data[len(data) // 2 + 1:],
+             "empty": b"", "not_png": b"GIF89a" + data[6:]}
+    for name, damaged in cases.items():
+        (tmp_path / name).write_bytes(damaged)
+        assert not png_is_whole(tmp_path / name), name
+
+
+def test_write_video_refuses_absurd_frame_rates_before_ffmpeg(tmp_path, reference):
+    frames = sorted(reference.glob("frame_*.png"))
+    for fps in (1e308, float("nan"), 0, -3, float("inf")):
+        with pytest.raises(InputError, match="frame rate must be above 0 and at most 1000"):
+            write_video(frames, tmp_path / "v.mp4", fps=fps)
+    assert list(tmp_path.iterdir()) == []
+    out = write_video(frames, tmp_path / "slow.mp4", fps=0.5)   # a fraction ffmpeg takes exactly (1/2)
+    assert _video_props(out)[0] == N_FRAMES
+
+
+def test_a_video_removes_the_temporaries_a_killed_encode_left_beside_it(tmp_path, reference):
+    """Beside a video named by the user, other encodes may be running: only temporaries untouched for a minute go."""
+    old, fresh, other = (tmp_path / ".clip-a1b2c3d4.mp4", tmp_path / ".clip-e5f6g7h8.mp4",
+                         tmp_path / ".notes-a1b2c3d4.mp4")
+    for p in (old, fresh, other):
+        p.write_bytes(b"\0" * 64)
+    os.utime(old, (os.path.getmtime(old) - 120,) * 2)
+    os.utime(other, (os.path.getmtime(other) - 120,) * 2)
+    write_video(sorted(reference.glob("frame_*.png")), tmp_path / "clip.mp4", fps=10)
+    assert not old.exists() and fresh.exists() and other.exists()
 
 
 def test_unwritable_output_folder_fails_before_any_work(tmp_path, generator, identity, vertex_array, monkeypatch):

@@ -386,3 +386,50 @@ def test_reconstruction_with_appearance_codes_needs_records_and_a_weight(dataset
     np.savez(root / "meshes.npz", **arrays)
     with pytest.raises(InputError, match="appearance.*make-dataset"):
         Trainer(_options(root, tmp_path / "b", 1, recon_weight=1.0, recon_appearance=True))
+
+
+def test_log_has_one_record_per_step_after_resumes_and_leftovers_are_removed(dataset_dir, tmp_path):
+    """A run killed between snapshots logged steps past its newest state; the resumed run trains them again. Here
+    the kill is reproduced by its outcome: the newest state removed (as if the process died before writing it), a
+    half-written last log line and a snapshot temporary left behind. Two resumes later, every step is logged once."""
+    out = tmp_path / "run"
+    train(_options(dataset_dir, out, 2, snapshot_kimg=0.002))          # states after steps 1 and 2
+    for resume in range(2):
+        (out / "state-00000002.safetensors").unlink()
+        with open(out / "log.jsonl", "a", encoding="utf-8") as fh:
+            fh.write('{"step": 2, "kimg": 0.0')                       # cut short by the kill
+        leftover = out / f".state-00000002.safetensors.abc{resume}defg.tmp"
+        leftover.write_bytes(b"\0" * 1000)
+        result = train(_options(dataset_dir, out, 2, snapshot_kimg=0.002))
+        assert result.step == 2 and not leftover.exists()
+        log = _log(out)   # every line parses
+        steps = [r["step"] for r in log if "event" not in r]
+        assert steps == [1, 2], steps
+        assert [r["event"] for r in log if r.get("event") == "resume"] == ["resume"] * (resume + 1)
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_a_second_run_in_the_same_folder_is_refused_naming_the_first(dataset_dir, tmp_path):
+    from core.io.folder_lock import FolderBusy
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    out = tmp_path / "held"
+    out.mkdir()
+    root = Path(__file__).resolve().parents[2]
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom core.io.folder_lock import FolderLock\n"
+                               f"FolderLock({str(out)!r}, 'training', command='next3d train (test)').acquire()\n"
+                               "print('held', flush=True)\ntime.sleep(60)"], cwd=root, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        start = time.monotonic()
+        with pytest.raises(FolderBusy, match=rf"is in use \(pid {holder.pid}: next3d train \(test\)\)"):
+            train(_options(dataset_dir, out, 1))
+        assert time.monotonic() - start < 10
+        assert not (out / "log.jsonl").exists()
+    finally:
+        holder.kill()
+        holder.wait()

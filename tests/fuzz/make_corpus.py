@@ -41,7 +41,7 @@ from official_pickle_writer import Call, Global  # noqa: E402
 
 REFUSED = r"malicious|nothing from it was run"
 _PREFIX = {"network-pickle": "net", "safetensors": "st", "flame": "flame", "animation": "anim", "mesh": "mesh",
-           "landmarks": "lm"}
+           "landmarks": "lm", "sequence": "seq"}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -664,6 +664,47 @@ def mesh_files(c: Corpus) -> None:
           match=r"line 2: a face that is not a triangle")
 
 
+# -- what a render reads besides the model: vertex sequences, camera labels, a converted FLAME model
+
+def sequence_files(c: Corpus) -> None:
+    from core.flame.builtin_head import BUILTIN_HEAD_PATH
+    from core.geometry.ellipsoid_head import ellipsoid_head
+
+    kind = "sequence"
+    v = ellipsoid_head().mesh_input()[0].numpy()
+    frames = np.stack([v * (1 + 0.01 * k) for k in range(100)]).astype(np.float32)   # 6 MB
+    np.save(c.path("seq/legit.npy"), frames)
+    np.savez(c.path("seq/legit.npz"), v=frames)
+    c.add("legit_npy", kind, ("vertex-seq",), ["seq/legit.npy"], expect="ok", legit=True)
+    c.add("legit_npz", kind, ("vertex-seq",), ["seq/legit.npz"], expect="ok")
+    for suffix in ("npy", "npz"):
+        data = c.path(f"seq/legit.{suffix}").read_bytes()
+        for frac in (0.001, 0.5, 0.999):
+            name = f"truncated_{suffix}_{frac:g}"
+            c.add(name, kind, ("vertex-seq",), [c.write(f"seq/{name}.{suffix}", data[:int(len(data) * frac)])],
+                  match=r"cannot be read as a numeric array .*(truncated|damaged|malformed)")
+    header = "{'descr': '<f4', 'fortran_order': False, 'shape': (100000000, 5091, 3), }"
+    header += " " * (-(10 + len(header) + 1) % 64) + "\n"
+    claims = b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode() + b"\x00" * 4000
+    c.add("npy_claims_6TB", kind, ("vertex-seq",), [c.write("seq/npy_claims_6TB.npy", claims)],
+          match=r"claims an array of shape \[100000000, 5091, 3\]")
+    cams = np.zeros((100, 25), np.float32)
+    np.save(c.path("seq/cams.npy"), cams)
+    c.add("legit_cameras", kind, ("camera",), ["seq/cams.npy"], expect="ok")
+    cam_bytes = c.path("seq/cams.npy").read_bytes()
+    c.add("cameras_truncated", kind, ("camera",), [c.write("seq/cams_truncated.npy", cam_bytes[:-100])],
+          match=r"not a plain numeric .npy array .*truncated")
+    c.add("cameras_json_deep", kind, ("camera",), [c.write("seq/cams_deep.json", "[" * 100_000 + "]" * 100_000)],
+          match=r"not valid JSON .*nests deeper")
+    head = BUILTIN_HEAD_PATH.read_bytes()
+    c.write("seq/flame_legit.npz", head)
+    c.add("flame_npz_legit", kind, ("flame-npz",), ["seq/flame_legit.npz"], expect="ok")
+    for frac in (0.01, 0.5, 0.99):
+        name = f"flame_npz_truncated_{frac:g}"
+        c.add(name, kind, ("flame-npz",), [c.write(f"seq/{name}.npz", head[:int(len(head) * frac)])],
+              match=r"is not a readable .npz file .*truncated or damaged")
+
+
 def make_corpus(folder: str | Path) -> Path:
     """Write the corpus into `folder`; returns the manifest's path."""
     c = Corpus(Path(folder))
@@ -674,6 +715,7 @@ def make_corpus(folder: str | Path) -> Path:
         flame_files(c)
         animation_files(c)
         mesh_files(c)
+        sequence_files(c)
     return c.save()
 
 

@@ -47,8 +47,30 @@ def _flame(model: str, static: str = "", dynamic: str = "", deca: str = "") -> N
     read_official_flame(model, static or None, dynamic or None, deca or None, n_shape=4)
 
 
+def _vertex_sequence(path: str) -> None:
+    from core.sequence.render import sequence_source
+
+    source = sequence_source(path)
+    source.mesh(len(source) - 1)   # the last frame: a memory-mapped array is read to its end
+
+
+def _cameras(path: str) -> None:
+    from core.sequence.cameras import load_camera_labels
+
+    load_camera_labels(path)
+
+
+def _flame_npz(path: str) -> None:
+    from core.flame.model_data import load_model_data
+
+    load_model_data(path)
+
+
 READERS = {
     "load": load_generator,
+    "vertex-seq": _vertex_sequence,
+    "camera": _cameras,
+    "flame-npz": _flame_npz,
     "flame": _flame,
     "animation": load_sequence,
     "mesh": read_mesh_input,

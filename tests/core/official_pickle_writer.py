@@ -15,7 +15,7 @@ import torch
 
 from tools.official_formats.network_pickle import *  # noqa: F401,F403 - the emitter and the generator tree
 from tools.official_formats.network_pickle import (  # noqa: F401 - names used below and by the tests
-    _BUFFER_SUFFIXES, _NO_STATE, LEGACY_MAGIC, TOP_BUFFERS, Call, Global, PersId, dumps, is_official_buffer,
+    _BUFFER_SUFFIXES, _NO_STATE, LEGACY_MAGIC, TOP_BUFFERS, Call, Global, PersId, dumps, easydict, is_official_buffer,
     write_official_pickle, write_pickle)
 
 SPEC_KEYS = os.environ.get("NEXT3D_SPEC_STATE_DICT", "/work/shared/spec/official_g_ema_state_dict.txt")

@@ -18,6 +18,7 @@ array [T, n] per FlameParams field (shape, expression, jaw, neck, global_rotatio
     }
 Every frame field is optional (missing = zeros; shorter shape/expression lists are zero-padded). Frames are
 counted from 0 in error messages (the position in "frames"). Writes are atomic (temporary file + rename).
+The .json layout is parsed by animation_json.py with numpy alone, so Blender's Python (no torch) reads it too.
 """
 
 from __future__ import annotations
@@ -28,16 +29,17 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Optional, Union
 
 import numpy as np
 import torch
 
 from ..errors import InputError
 from ..io.atomic import atomic_write, write_bytes_atomic
-from ..io.bounded_read import BoundedReadError, json_loads, read_npz
+from ..io.bounded_read import BoundedReadError, read_npz
 from ..io.mesh_files import read_mesh_input
-from ..io.restricted_pickle import short_repr
+from .animation_json import (CAMERA_SIZE, DEFAULT_FPS, SEQUENCE_FORMAT, SEQUENCE_VERSION, json_fps,
+                             read_json_animation)
 from .params import PARAM_FIELDS, FlameParams
 
 __all__ = ["FlameSequence", "save_sequence", "load_sequence", "read_obj_sequence", "list_obj_sequence",
@@ -45,13 +47,7 @@ __all__ = ["FlameSequence", "save_sequence", "load_sequence", "read_obj_sequence
 
 PathLike = Union[str, os.PathLike]
 
-SEQUENCE_FORMAT = "next3d-flame-sequence"
-SEQUENCE_VERSION = 1
-DEFAULT_FPS = 30.0
 _FIELD_NAMES = tuple(f.name for f in PARAM_FIELDS)
-_CAMERA_SIZE = 25
-_MIN_JSON_NUMBERS = 1 << 20   # a .json animation may ask for as many numbers as it has bytes, or this many
-_MAX_NUMBER = 1e30            # larger JSON numbers would overflow float32 (and ints may have any length)
 MAX_FPS = 1000.0
 
 
@@ -81,9 +77,9 @@ class FlameSequence:
         object.__setattr__(self, "fps", fps)
         if self.cameras is not None:
             cams = torch.as_tensor(self.cameras, dtype=torch.float32)
-            if cams.shape != (self.n_frames, _CAMERA_SIZE):
+            if cams.shape != (self.n_frames, CAMERA_SIZE):
                 raise InputError(f"FlameSequence.cameras has shape {list(cams.shape)}; expected "
-                                 f"[{self.n_frames}, {_CAMERA_SIZE}] (one camera label per frame).")
+                                 f"[{self.n_frames}, {CAMERA_SIZE}] (one camera label per frame).")
             if not bool(torch.isfinite(cams).all()):
                 raise InputError("FlameSequence.cameras contains NaN or infinite values.")
             object.__setattr__(self, "cameras", cams)
@@ -209,90 +205,12 @@ def _load_npz(path: Path) -> FlameSequence:
         raise InputError(f"{path}: {exc}") from None
 
 
-def _number_list(value: Any, where: str) -> list:
-    if not isinstance(value, list) or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
-                                              for x in value):
-        raise InputError(f"{where} must be a list of numbers, got {short_repr(value, 60)}.")
-    if any(_MAX_NUMBER < abs(x) < math.inf for x in value):   # NaN and infinity are named by FlameParams
-        raise InputError(f"{where} holds a number beyond +-1e30; FLAME parameters are small numbers.")
-    return value
-
-
 def _load_json(path: Path) -> FlameSequence:
+    doc = read_json_animation(path)   # the layout, with numpy alone (Blender's Python reads it the same way)
+    params = _frames(doc.values, path)
+    fps = json_fps(doc.fps, str(path))
     try:
-        text = path.read_text(encoding="utf-8")
-        doc = json_loads(text, max_depth=None)   # the fields are checked one by one below
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}.") from None
-    except BoundedReadError as exc:
-        raise InputError(f"{path} is not an animation: {exc}.") from None
-    except UnicodeDecodeError:
-        raise InputError(f"{path} is not a UTF-8 text file; write the animation as JSON text.") from None
-    except ValueError as exc:   # e.g. an integer with more digits than Python converts
-        raise InputError(f"{path} is not valid JSON ({' '.join(str(exc).split())[:120]}).") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("frames"), list):
-        raise InputError(f'{path} must hold a JSON object with a "frames" list (see core/flame/animation.py).')
-    fmt = doc.get("format", SEQUENCE_FORMAT)
-    if fmt != SEQUENCE_FORMAT:
-        raise InputError(f"{path} says format {short_repr(fmt)}, not {SEQUENCE_FORMAT!r}.")
-    unknown = sorted(set(doc) - {"format", "version", "fps", "shape", "frames"})
-    if unknown:
-        raise InputError(f"{path} has unknown top-level key(s) {short_repr(unknown, 120)[1:-1]}; the keys are "
-                         "format, version, fps, shape and frames.")
-    frames = doc["frames"]
-    if not frames:
-        raise InputError(f'{path} has an empty "frames" list; give at least one frame.')
-    shared_shape = _number_list(doc["shape"], f'{path}: "shape"') if "shape" in doc else []
-    sizes = {f.name: f.size for f in PARAM_FIELDS}
-    # Missing fields become zeros and shorter rows are padded: check what that asks for before building it.
-    budget = max(len(text), _MIN_JSON_NUMBERS)
-    fixed = sum(size for size in sizes.values() if size is not None)
-    if len(frames) * (fixed + len(shared_shape)) > budget:
-        raise InputError(f'{path}: {len(frames):,} frames of {fixed + len(shared_shape)} numbers each are more than '
-                         f"a file of {len(text):,} characters may ask for; split the animation.")
-    columns: dict[str, list] = {name: [] for name in _FIELD_NAMES}
-    cameras: list = []
-    for t, frame in enumerate(frames):
-        where = f"{path}, frame {t}"
-        if not isinstance(frame, dict):
-            raise InputError(f"{where} is a {type(frame).__name__}; each frame must be a JSON object.")
-        unknown = sorted(set(frame) - set(_FIELD_NAMES) - {"camera"})
-        if unknown:
-            raise InputError(f"{where} has unknown key(s) {short_repr(unknown, 120)[1:-1]}; the keys are "
-                             f"{', '.join(_FIELD_NAMES)} and camera.")
-        for name in _FIELD_NAMES:
-            default = shared_shape if name == "shape" else [0.0] * (sizes[name] or 0)
-            value = _number_list(frame[name], f'{where}: "{name}"') if name in frame else default
-            if sizes[name] is not None and len(value) != sizes[name]:
-                raise InputError(f'{where}: "{name}" has {len(value)} numbers; it needs exactly {sizes[name]}.')
-            columns[name].append(value)
-        if t == 0:
-            with_cameras = "camera" in frame
-        elif ("camera" in frame) != with_cameras:
-            raise InputError(f'{where}: either every frame has a "camera" or none does (frame 0 '
-                             f'{"has" if with_cameras else "has not"}).')
-        if "camera" in frame:
-            cam = _number_list(frame["camera"], f'{where}: "camera"')
-            if len(cam) != _CAMERA_SIZE:
-                raise InputError(f'{where}: "camera" has {len(cam)} numbers; a camera label has {_CAMERA_SIZE}.')
-            cameras.append(cam)
-    widths = {name: max(len(r) for r in rows) for name, rows in columns.items()}
-    if len(frames) * (sum(widths.values()) + (_CAMERA_SIZE if cameras else 0)) > budget:
-        longest = ", ".join(f"{name} {width}" for name, width in widths.items() if width)
-        raise InputError(f"{path}: padding every frame to its longest rows ({longest} numbers) asks for more numbers "
-                         f"than a file of {len(text):,} characters may; give every frame rows of the same length.")
-    values = {}
-    for name, rows in columns.items():
-        width = widths[name]
-        values[name] = np.zeros((len(rows), width), dtype=np.float32)
-        for t, row in enumerate(rows):
-            values[name][t, :len(row)] = row
-    params = _frames(values, path)
-    fps = doc.get("fps", DEFAULT_FPS)
-    if isinstance(fps, bool) or not isinstance(fps, (int, float)):
-        raise InputError(f'{path}: "fps" must be a number, got {short_repr(fps, 60)}.')
-    try:
-        return FlameSequence(params, fps, np.asarray(cameras, dtype=np.float32) if cameras else None)
+        return FlameSequence(params, fps, doc.cameras)
     except InputError as exc:
         raise InputError(f"{path}: {exc}") from None
 

@@ -2,10 +2,10 @@
 rig (docs/capture.md#in-blender).
 
 A clip is tracked by the engine (engine/performance_job.py's "track" job: core.capture.track_clip, in the worker
-with a UI) into an animation .npz kept on disk; an animation .npz is read here directly (numpy only). Either way
-the animation is then keyed onto the rig as an animator would key it by hand: ordinary F-curve keys on the shape
-key values and the pose bones' rotations, one per scene frame from the current frame, the animation resampled
-from its frame rate to the scene's.
+with a UI) into an animation .npz kept on disk; an animation .npz or .json is read here directly (numpy only:
+engine/performance_job.read_animation). Either way the animation is then keyed onto the rig as an animator would
+key it by hand: ordinary F-curve keys on the shape key values and the pose bones' rotations, one per scene frame
+from the current frame, the animation resampled from its frame rate to the scene's.
 
 FLAME parameters -> the rig's channels, for both kinds of rig the add-on renders (rig.py's built-in layout and the
 FLAME Blender add-on's, see tests/blender/test_official_rig.py):
@@ -45,7 +45,7 @@ BONE_FIELDS = (("root", "global_rotation", 0), ("neck", "neck", 0), ("jaw", "jaw
 # The pose feature's joints (rig.POSED_JOINTS) as (FLAME field, first column).
 POSED_FIELDS = (("neck", 0), ("jaw", 0), ("eyes", 0), ("eyes", 3))
 ANIMATION_SUFFIX = ".npz"
-FILE_FILTER = "*.npz;*.csv;*.mp4;*.mov;*.m4v;*.avi;*.mkv;*.webm;*.png;*.jpg;*.jpeg"
+FILE_FILTER = "*.npz;*.json;*.csv;*.mp4;*.mov;*.m4v;*.avi;*.mkv;*.webm;*.png;*.jpg;*.jpeg"
 
 
 # ------------------------------------------------------------------------------------------------ the rig
@@ -327,14 +327,14 @@ def check_head_matches(the_rig: rig.Rig, spec) -> None:
 
 class NEXT3D_OT_import_performance(_JobOperator, Operator):
     """Keyframe a FLAME rig from a performance: a face video, a folder of images or a Live Link Face CSV (tracked
-    by the engine) or a FLAME animation .npz. Keys start at the current frame, at the scene's frame rate"""
+    by the engine) or a FLAME animation .npz or .json. Keys start at the current frame, at the scene's frame rate"""
 
     bl_idname = "next3d.import_performance"
     bl_label = "Import Performance"
     bl_options = {"REGISTER", "UNDO"}
 
     filepath: StringProperty(name="File", description="A video, a folder of images, a Live Link Face .csv or a "
-                             "FLAME animation .npz", subtype="FILE_PATH")
+                             "FLAME animation (.npz or .json)", subtype="FILE_PATH")
     filter_glob: StringProperty(default=FILE_FILTER, options={"HIDDEN", "SKIP_SAVE"})
     filter_folder: BoolProperty(default=True, options={"HIDDEN", "SKIP_SAVE"})
     filter_movie: BoolProperty(default=True, options={"HIDDEN", "SKIP_SAVE"})
@@ -380,7 +380,7 @@ class NEXT3D_OT_import_performance(_JobOperator, Operator):
             path = Path(raw) if raw else None
             if path is None or not path.exists():
                 raise InputError(f"{raw or '(no file)'!r} does not exist; choose a video, a folder of images, a Live "
-                                 "Link Face .csv or a FLAME animation .npz.")
+                                 "Link Face .csv or a FLAME animation (.npz or .json).")
             the_rig = performance_rig(context, self.target)
             options = self._options(scene.frame_current)
             if path.is_file() and path.suffix.lower() in (ANIMATION_SUFFIX, ".json"):

@@ -7,8 +7,9 @@
   read, "step" per solver iteration, "warning" for what the report notes, then "done" with the file's path (or
   "cancelled": nothing is written). Blender keys the rig from the file, so a track is never redone to key again.
 * The animation's numbers as Blender keys them, with numpy alone (Blender's Python may have no torch):
-  `read_animation` reads the .npz (core/flame/animation.py's layout, checked as its reader checks it) and
-  `resample` puts it on the scene's frame rate.
+  `read_animation` reads the .npz or the hand-editable .json (core/flame/animation.py's layouts, the .json through
+  core/flame/animation_json.py; checked as core's reader checks them) and `resample` puts it on the scene's frame
+  rate.
 
 Importing this module registers TrackJob in job_specs.JOB_TYPES (jobs.py imports it), so a "track" job's wire
 form is read back like the others'.
@@ -24,12 +25,15 @@ from typing import ClassVar, Dict, List, Tuple
 import numpy as np
 
 from ..core.errors import InputError
+from ..core.flame.animation_json import (DEFAULT_FPS, FIELD_SIZES, SEQUENCE_FORMAT, json_fps,
+                                         read_json_animation)
 from ..core.io.bounded_read import BoundedReadError, read_npz
+from ..core.io.restricted_pickle import short_repr
 from .job_specs import JOB_TYPES, EngineJob
 
-SEQUENCE_FORMAT = "next3d-flame-sequence"          # core.flame.animation.SEQUENCE_FORMAT (that module needs torch)
-FIELDS = ("shape", "expression", "jaw", "neck", "global_rotation", "eyes")
-SIZES = {"jaw": 3, "neck": 3, "global_rotation": 3, "eyes": 6}
+# core/flame/animation.py's layout, from its numpy-only half (that module needs torch).
+FIELDS = tuple(FIELD_SIZES)
+SIZES = {k: size for k, size in FIELD_SIZES.items() if size is not None}
 ROTATIONS = ("jaw", "neck", "global_rotation", "eyes")
 MAX_FPS = 1000.0
 MAX_COEFFICIENT, MAX_ROTATION = 10.0, math.pi     # core.flame.params' limits
@@ -138,14 +142,21 @@ class Animation:
 
 
 def read_animation(path) -> Animation:
-    """The project's FLAME animation .npz (core/flame/animation.py), read and checked with numpy alone; InputError
-    in one line naming what is wrong and what to give instead."""
+    """The project's FLAME animation file (core/flame/animation.py's .npz, or its hand-editable .json through
+    core/flame/animation_json.py), read and checked with numpy alone; InputError in one line naming what is wrong
+    and what to give instead."""
     path = Path(path)
     name = path.name
     if not path.is_file():
         raise InputError(f"The animation file {str(path)!r} does not exist.")
-    if path.suffix.lower() != ".npz":
-        raise InputError(f"{name} is not an animation .npz (the format `next3d track --out anim.npz` writes).")
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        doc = read_json_animation(path, label=name)
+        values = _checked_values(name, doc.values, doc.values["jaw"].shape[0])
+        return Animation(values, _checked_fps(name, json_fps(doc.fps, name)), str(path))
+    if suffix != ".npz":
+        raise InputError(f"{name} is not an animation file: give a .npz (the format `next3d track --out anim.npz` "
+                         "writes) or a .json animation.")
     try:
         arrays = read_npz(path)
     except BoundedReadError as exc:
@@ -168,6 +179,16 @@ def read_animation(path) -> Animation:
     n = lengths.pop()
     if n == 0:
         raise InputError(f"{name} has no frames.")
+    values = _checked_values(name, {k: arrays[k] for k in present}, n)
+    fps = arrays.get("fps")
+    if fps is not None and fps.size != 1:
+        raise InputError(f"{name}: 'fps' is an array of shape {list(fps.shape)}; it must be one number.")
+    return Animation(values, _checked_fps(name, fps.reshape(()).item() if fps is not None else DEFAULT_FPS),
+                     str(path))
+
+
+def _checked_values(name: str, arrays: Dict[str, np.ndarray], n: int) -> Dict[str, np.ndarray]:
+    """Every field as float64 [n, k] (missing ones zero), finite and within FLAME's limits (core.flame.params)."""
     values = {}
     for k in FIELDS:
         a = np.asarray(arrays[k], np.float64) if k in arrays else np.zeros((n, SIZES.get(k, 0)))
@@ -181,13 +202,18 @@ def read_animation(path) -> Animation:
             raise InputError(f"{name}: {k!r} reaches {norms.max():.3g}, beyond {limit:.3g}; it is not a FLAME "
                              "animation.")
         values[k] = a
-    fps = arrays.get("fps")
-    if fps is not None and fps.size != 1:
-        raise InputError(f"{name}: 'fps' is an array of shape {list(fps.shape)}; it must be one number.")
-    rate = float(fps.reshape(())) if fps is not None else 30.0
+    return values
+
+
+def _checked_fps(name: str, value) -> float:
+    try:
+        rate = float(value)
+    except (TypeError, ValueError, OverflowError):      # e.g. text, or a JSON integer of 400 digits
+        raise InputError(f"{name}: its frame rate {short_repr(value, 40)} is not a number; give one of at most "
+                         f"{MAX_FPS:g} (e.g. 30).") from None
     if not math.isfinite(rate) or not 0 < rate <= MAX_FPS:
         raise InputError(f"{name}: its frame rate is {rate:g}; it must be positive and at most {MAX_FPS:g}.")
-    return Animation(values, rate, str(path))
+    return rate
 
 
 def resample(animation: Animation, fps: float) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:

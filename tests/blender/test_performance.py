@@ -210,6 +210,78 @@ def test_a_file_that_is_not_an_animation_is_refused(addon, tmp_path, content, me
         or not submodule("blender.rig").fcurves_of(bpy.data.objects["FLAME-mesh"].data.shape_keys)
 
 
+def _all_keys(*id_datas):
+    rig = submodule("blender.rig")
+    return {(id_data.name, fc.data_path, fc.array_index): _keys(fc)
+            for id_data in id_datas for fc in rig.fcurves_of(id_data)}
+
+
+def test_a_json_animation_keys_the_rig_as_its_npz(addon, tmp_path):
+    """The hand-editable .json layout (`make demo`'s demo_animation.json), read with numpy alone, keys the built-in
+    rig with exactly the keys its .npz twin gives: the same channels, frames and values (8 fps -> a 24 fps scene)."""
+    from core.demo import demo_animation
+    from core.flame.builtin_head import load_builtin_head_data
+    from next3d_blender.engine.heads import HeadSpec, head_info
+
+    _, n_shape, n_expr = head_info(HeadSpec())
+    seq = demo_animation(n_shape, n_expr, load_builtin_head_data()["expression_names"])
+    arm = make_scene(tmp_path)
+    shape_keys = bpy.data.objects["FLAME-mesh"].data.shape_keys
+    scene = bpy.context.scene
+    scene.render.fps, scene.render.fps_base = 24, 1.0
+    keyed = {}
+    for suffix in (".npz", ".json"):
+        anim = _write(tmp_path / f"demo_animation{suffix}", seq)
+        arm.animation_data_clear()
+        shape_keys.animation_data_clear()
+        scene.frame_set(5)
+        _select_only(arm)
+        assert bpy.ops.next3d.import_performance(filepath=str(anim)) == {"FINISHED"}
+        assert (scene.frame_start, scene.frame_end) == (5, 5 + (seq.n_frames - 1) * 3)
+        keyed[suffix] = _all_keys(arm, shape_keys)
+    assert sorted(keyed[".json"]) == sorted(keyed[".npz"])
+    for channel, co in keyed[".npz"].items():
+        assert np.array_equal(keyed[".json"][channel], co), channel
+    # The demo's jaw opening and head turn are there (every 3rd scene frame is one of the animation's).
+    jaw = keyed[".json"][("FLAME", 'pose.bones["jaw"].rotation_euler', 0)]
+    root = keyed[".json"][("FLAME", 'pose.bones["root"].rotation_euler', 1)]
+    assert np.abs(jaw[::3, 1] - seq.frames.jaw[:, 0].numpy()).max() < 1e-6 and jaw[:, 1].max() > 0.2
+    assert np.abs(root[::3, 1] - seq.frames.global_rotation[:, 1].numpy()).max() < 1e-6 and root[:, 1].max() > 0.2
+
+
+@pytest.mark.parametrize("doc, message", [
+    ({"frames": [{}, {"jaw": [0, 0]}]}, r'^Error: bad\.json, frame 1: "jaw" has 2 numbers; it needs exactly 3\.\n$'),
+    ({"frames": [{}, {"jaw": [0, 5.0, 0]}]}, r"^Error: bad\.json: 'jaw' reaches 5, beyond 3\.14; it is not a FLAME "),
+    ({"fps": "fast", "frames": [{}]}, r'^Error: bad\.json: "fps" must be a number, got \'fast\'\.\n$'),
+])
+def test_a_bad_json_animation_is_refused_in_one_line(addon, tmp_path, doc, message):
+    import json
+
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(doc))
+    arm = make_scene(tmp_path)
+    _select_only(arm)
+    with pytest.raises(RuntimeError, match=message):
+        bpy.ops.next3d.import_performance(filepath=str(path))
+    assert arm.animation_data is None
+
+
+def test_json_animations_are_read_without_torch(tmp_path):
+    """Blender's Python has no torch: read_animation reads a .json animation with torch and bpy blocked."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    anim = _write(tmp_path / "anim.json", _sequence(n=5))
+    code = ("import sys\nsys.modules['torch'] = None\nsys.modules['bpy'] = None\n"
+            "from next3d_blender.engine.performance_job import read_animation\n"
+            f"a = read_animation({str(anim)!r})\nprint(a.n_frames, a.fps, a.values['expression'].shape)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["5", "30.0", "(5,", "16)"]
+
+
 def test_an_official_flame_rig_is_keyed_as_flame(addon, official_standins, tmp_path):
     """The FLAME add-on's layout (keys numbered from 000, quaternion bones, plain Pose keys): 100 expression
     coefficients on its Exp keys (their 0..1 sliders widened for signed values), the bones as quaternions and its

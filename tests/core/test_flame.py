@@ -456,6 +456,26 @@ def test_hand_written_json(tmp_path):
     assert torch.equal(seq.frames.eyes, torch.zeros(2, 6))
 
 
+def test_the_numpy_json_reader_is_the_layout_of_flame_params(tmp_path):
+    """core/flame/animation_json.py (numpy only, for Blender's Python) mirrors FlameParams' fields and returns the
+    numbers load_sequence builds its FlameSequence from: plain float32 arrays, the fps and the cameras."""
+    from core.flame import PARAM_FIELDS
+    from core.flame.animation_json import CAMERA_SIZE, FIELD_SIZES, read_json_animation
+
+    assert FIELD_SIZES == {f.name: f.size for f in PARAM_FIELDS} and CAMERA_SIZE == 25
+    seq = _sequence(shared_shape=True, cameras=True)
+    path = save_sequence(tmp_path / "anim.json", seq)
+    doc = read_json_animation(path)
+    assert doc.fps == seq.fps == 25.0 and doc.cameras.dtype == np.float32
+    assert np.array_equal(doc.cameras, seq.cameras.numpy())
+    for name, value in seq.frames.to_dict().items():
+        assert doc.values[name].dtype == np.float32 and np.array_equal(doc.values[name], value), name
+    # Its messages start with the label given (Blender names the file, not its whole path).
+    path.write_text(json.dumps({"frames": [{"jaw": [0, 0]}]}))
+    with pytest.raises(InputError, match=r'^anim\.json, frame 0: "jaw" has 2 numbers; it needs exactly 3\.$'):
+        read_json_animation(path, label="anim.json")
+
+
 @pytest.mark.parametrize("doc,match", [
     ({"frames": [{"jaw": [0, 0, 0]}, {"jaw": [0, 5.0, 0]}]}, r"bad\.json, frame 1: FlameParams.jaw holds a rotation"),
     ({"frames": [{}, {"jaw": [0, 0]}]}, r"bad\.json, frame 1: \"jaw\" has 2 numbers"),

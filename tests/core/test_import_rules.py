@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # Modules that read and write numpy data only; the Blender process imports some of them.
 NUMPY_ONLY = ("core.errors", "core.lazy_exports", "core.io.atomic", "core.io.restricted_pickle",
               "core.flame.model_data", "core.flame.official", "core.geometry.normals", "core.mesh.extracted",
-              "core.mesh.export", "core.training.options", "core.cli.options")
+              "core.mesh.export", "core.training.options", "core.cli.options", "core.flame.animation_json")
 
 
 def _run(code: str) -> subprocess.CompletedProcess:

@@ -8,27 +8,31 @@ no bpy at import time: Blender calls `register` / `unregister`, which collect th
 
 
 def _classes() -> tuple:
-    from .blender import operators, panels, performance, preferences, properties
+    from .blender import operators, panels, performance, preferences, properties, render_engine
 
-    return (*properties.CLASSES, *preferences.CLASSES, *operators.CLASSES, *panels.CLASSES, *performance.CLASSES)
+    return (*properties.CLASSES, *preferences.CLASSES, *operators.CLASSES, *panels.CLASSES, *performance.CLASSES,
+            *render_engine.CLASSES)
 
 
 def register() -> None:
     import bpy
 
-    from .blender import properties
+    from .blender import properties, render_engine
 
     register_classes, _ = bpy.utils.register_classes_factory(_classes())
     register_classes()
     properties.attach()
+    render_engine.register()
 
 
 def unregister() -> None:
     import bpy
 
-    from .blender import properties, runner
+    from .blender import properties, render_engine, runner, viewport
 
     runner.shutdown()
+    viewport.shutdown()
+    render_engine.unregister()
     properties.detach()
     _, unregister_classes = bpy.utils.register_classes_factory(_classes())
     unregister_classes()

@@ -3,15 +3,19 @@
 (results.py). They catch only Next3DError (report ERROR, return CANCELLED); a job's warnings are reported as
 WARNING. torch and the engine are never imported here.
 
-Execution: in background mode (`blender -b`, or bpy as a module) render and mesh operators run synchronously and
-print progress; with a UI they start the job in the worker process and return at once (Esc or Cancel stops it).
-The hidden `mode` property forces one or the other (tests drive the worker path with mode='ASYNC' and call
-runner.drain() themselves, since timers never fire in module mode).
+Rendering has one path, Blender's render pipeline with the Next3D engine (render_engine.py): Render Frame and
+Render Animation are shortcuts to render.render (F12 / Ctrl+F12, blocking under -b), which set the scene's engine
+to Next3D; Frames = Keyframes renders each keyframe of the rig and the camera as a still, without a video.
+
+Execution of the other jobs: in background mode (`blender -b`, or bpy as a module) mesh and photo operators run
+synchronously and print progress; with a UI they start the job in the worker process and return at once (Esc or
+Cancel stops it). The hidden `mode` property forces one or the other (tests drive the worker path with
+mode='ASYNC' and call runner.drain() themselves, since timers never fire in module mode).
 """
 
 import os
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import List, Optional
 
 import bpy
 import numpy as np
@@ -20,12 +24,12 @@ from bpy.types import Operator
 
 from ..core.errors import InputError, Next3DError
 from ..engine.heads import DEFAULT_HEAD_NAME, head_arrays, head_names
-from ..engine.job_specs import InvertJob, MeshJob, PreviewJob, RenderJob
+from ..engine.job_specs import InvertJob, MeshJob
 from . import rig, runner
 from .preferences import get_preferences
-from .results import RENDER_IMAGE, MeshBuilder, apply_photo_avatar, store_image
-from .scene import (cache_dir, check_writable, default_avatar_folder, find_head, head_spec, model_spec, output_dir,
-                    prepare)
+from .results import MeshBuilder, apply_photo_avatar, store_image
+from .scene import (cache_dir, check_writable, default_avatar_folder, find_head, head_spec, model_spec, prepare,
+                    scene_camera)
 
 MODES = (("AUTO", "Auto", "Synchronous in background mode, in the worker with a UI"),
          ("SYNC", "Synchronous", "Block until done"),
@@ -72,7 +76,9 @@ class NEXT3D_OT_add_head(Operator):
             name = DEFAULT_HEAD_NAME if spec.kind == "default" else Path(spec.model_path).stem
             arm = rig.build_rig(context, arrays, name, add_camera=self.add_camera and context.scene.camera is None,
                                 names=head_names(spec))
-            context.scene.next3d.head = rig.find_rig(arm).mesh
+            head = rig.find_rig(arm).mesh
+            head.next3d.is_head = True
+            context.scene.next3d.head = head
         except Next3DError as exc:
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
@@ -201,90 +207,157 @@ class _JobOperator:
         return {"FINISHED"}
 
 
-class NEXT3D_OT_render_frame(_JobOperator, Operator):
-    """Render the avatar at the current frame into the image 'Next3D Render' (shown in the Image Editor)"""
+def _use_engine(op: Operator, scene) -> None:
+    """The sidebar's render buttons render with the Next3D engine: the scene's engine is set to it."""
+    from .render_engine import ENGINE_ID
+
+    if scene.render.engine != ENGINE_ID:
+        scene.render.engine = ENGINE_ID
+        op.report({"INFO"}, "The scene's render engine is now Next3D (Render properties > Render Engine)")
+
+
+def _render(op: Operator, synchronous_render: bool, **settings) -> bool:
+    """bpy.ops.render.render: as Blender's F12 / Ctrl+F12 with a UI, blocking under -b; one line on failure."""
+    try:
+        if synchronous_render:
+            result = bpy.ops.render.render(**settings)
+        else:
+            result = bpy.ops.render.render("INVOKE_DEFAULT", **settings)
+    except RuntimeError as exc:
+        op.report({"ERROR"}, str(exc).replace("Error: ", "", 1).strip())
+        return False
+    if synchronous_render and "CANCELLED" not in result:
+        from .render_engine import STATS
+
+        op.report({"INFO"}, f"Next3D: {STATS['frames']} frame(s), {STATS['rendered']} head image(s) rendered, "
+                  f"{STATS['kept']} kept from the cache")
+    return "CANCELLED" not in result
+
+
+def camera_keyframe_numbers(scene) -> List[int]:
+    """Frames where the scene camera (its object or its lens data) has keyframes."""
+    cam = scene.camera
+    frames = set()
+    for src in ((cam, cam.data) if cam is not None else ()):
+        for fc in rig.fcurves_of(src):
+            frames.update(int(round(kp.co[0])) for kp in fc.keyframe_points)
+    return sorted(frames)
+
+
+class NEXT3D_OT_render_frame(Operator):
+    """Render the current frame with the Next3D render engine into Render Result (F12: the scene's engine is set to
+    Next3D) and, under -b, into the image 'Next3D Render' (the sidebar's preview)"""
 
     bl_idname = "next3d.render_frame"
     bl_label = "Render Frame"
     bl_options = {"REGISTER"}
 
+    mode: EnumProperty(items=MODES, default="AUTO", options={"HIDDEN", "SKIP_SAVE"})
+
     def execute(self, context):
         try:
-            frames = prepare(context)
-            task = runner.Task(frames.job(PreviewJob), frames.arrays, "Render frame", on_image=store_image)
-            runner.start(task, frames.prefs, synchronous(self.mode))
+            scene_camera(context.scene)         # Blender's own message would not say how to fix it
         except Next3DError as exc:
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
-        if task.finished:
-            report_task(self, task, frames.warnings)
-            self.report({"INFO"}, f"Rendered frame {context.scene.frame_current} into '{RENDER_IMAGE}'")
-            return {"FINISHED"}
-        return self._go_modal(context, task, frames.warnings)
+        _use_engine(self, context.scene)
+        sync = synchronous(self.mode)
+        if not _render(self, sync):
+            return {"CANCELLED"}
+        if sync:
+            # Render Result's pixels are not readable from Python: the engine's frame becomes 'Next3D Render', the
+            # sidebar's preview.
+            from .render_engine import LAST_FRAME, preview_pixels
+
+            if LAST_FRAME.get("number") == context.scene.frame_current:
+                store_image({"number": LAST_FRAME["number"]}, {"pixels": preview_pixels(LAST_FRAME["rgba"])})
+        return {"FINISHED"}
 
 
-class NEXT3D_OT_render_animation(_JobOperator, Operator):
-    """Render the avatar for every frame of the range (or every keyframe of the rig) into the scene's output
-    folder as PNGs plus an MP4; frames already on disk are kept, so a stopped render resumes"""
+class NEXT3D_OT_render_animation(Operator):
+    """Render the animation with the Next3D render engine and the scene's Output properties (Ctrl+F12: path,
+    file format, frame range and step, Overwrite, Placeholders); with Frames = Keyframes, only the frames where the
+    rig or the camera has keyframes, as still images"""
 
     bl_idname = "next3d.render_animation"
     bl_label = "Render Animation"
     bl_options = {"REGISTER"}
 
+    mode: EnumProperty(items=MODES, default="AUTO", options={"HIDDEN", "SKIP_SAVE"})
     frame_start: IntProperty(name="Start", description="First frame (-1: the scene's start)", default=-1, min=-1)
     frame_end: IntProperty(name="End", description="Last frame (-1: the scene's end)", default=-1, min=-1)
     frame_source: EnumProperty(name="Frames", items=(("SCENE", "Scene Setting", "As set in the Render panel"),
                                                      ("RANGE", "Frame Range", "Every frame of the range"),
-                                                     ("KEYFRAMES", "Keyframes", "Frames with keyframes on the rig")),
+                                                     ("KEYFRAMES", "Keyframes", "Frames with keyframes on the rig "
+                                                      "or the camera, as still images (no video)")),
                                default="SCENE", options={"SKIP_SAVE"})
-
-    def _numbers(self, context, the_rig) -> Tuple[List[int], int, int, bool]:
-        scene = context.scene
-        first = self.frame_start if self.frame_start >= 0 else scene.frame_start
-        last = self.frame_end if self.frame_end >= 0 else scene.frame_end
-        if first > last:
-            raise InputError(f"The frame range {first}-{last} is empty; the start must not be after the end.")
-        source = scene.next3d.frame_source if self.frame_source == "SCENE" else self.frame_source
-        if source == "KEYFRAMES":
-            keys = rig.keyframe_numbers(the_rig)
-            numbers = rig.frames_in_range(keys, first, last)
-            if not numbers:
-                raise InputError(f"The rig {the_rig.name!r} has no keyframes in frames {first}-{last}; keyframe it "
-                                 "or render the frame range instead.")
-            return numbers, numbers[0], numbers[-1], True
-        return list(range(first, last + 1)), scene.frame_start if self.frame_start < 0 else first, \
-            scene.frame_end if self.frame_end < 0 else last, False
 
     def execute(self, context):
         scene = context.scene
+        first = self.frame_start if self.frame_start >= 0 else scene.frame_start
+        last = self.frame_end if self.frame_end >= 0 else scene.frame_end
         try:
-            the_rig = find_head(context)
-            numbers, seq_first, seq_last, keyframes_only = self._numbers(context, the_rig)
-            # The whole scene range is the sequence a video covers, so split renders (render farms) assemble it.
-            if not keyframes_only:
-                seq_first, seq_last = min(scene.frame_start, numbers[0]), max(scene.frame_end, numbers[-1])
-            folder = output_dir(scene)
-            check_writable(folder)
-            frames = prepare(context, numbers, the_rig)
-            fps = scene.render.fps / (scene.render.fps_base or 1.0)
-            job = frames.job(RenderJob, out_dir=str(folder), overwrite=bool(scene.next3d.overwrite),
-                             write_video=bool(scene.next3d.write_video), fps=fps, sequence_first=seq_first,
-                             sequence_last=seq_last, keyframes_only=keyframes_only)
-            task = runner.Task(job, frames.arrays, "Render animation")
-            runner.start(task, frames.prefs, synchronous(self.mode))
+            if first > last:
+                raise InputError(f"The frame range {first}-{last} is empty; the start must not be after the end.")
+            source = scene.next3d.frame_source if self.frame_source == "SCENE" else self.frame_source
+            if source == "KEYFRAMES":
+                return self._keyframes(context, first, last)
         except Next3DError as exc:
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
-        if task.finished:
-            report_task(self, task, frames.warnings)
-            if task.cancelled:
-                self.report({"WARNING"}, task.status)
-                return {"CANCELLED"}
-            s = task.summary
-            self.report({"INFO"}, f"Wrote {len(s.get('written', []))} frame(s) to {s.get('out_dir')}"
-                        + (f" and {Path(s['video']).name}" if s.get("video") else ""))
-            return {"FINISHED"}
-        return self._go_modal(context, task, frames.warnings)
+        try:
+            scene_camera(scene)
+            check_writable(Path(scene.render.frame_path(frame=first)).parent)
+        except Next3DError as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        _use_engine(self, scene)
+        sync = synchronous(self.mode)
+        if not sync or (self.frame_start < 0 and self.frame_end < 0):
+            return {"FINISHED"} if _render(self, sync, animation=True) else {"CANCELLED"}
+        before = scene.frame_start, scene.frame_end
+        try:
+            scene.frame_start, scene.frame_end = first, last
+            ok = _render(self, True, animation=True)
+        finally:
+            scene.frame_start, scene.frame_end = before
+        return {"FINISHED"} if ok else {"CANCELLED"}
+
+    def _keyframes(self, context, first: int, last: int):
+        """Every keyframe of the rig or the camera in first..last as a still at Blender's path for its frame
+        (Overwrite honoured). No video: a handful of keyframes would flash by in a fraction of a second."""
+        scene = context.scene
+        the_rig = find_head(context)
+        numbers = rig.frames_in_range(sorted(set(rig.keyframe_numbers(the_rig))
+                                             | set(camera_keyframe_numbers(scene))), first, last)
+        if not numbers:
+            raise InputError(f"The rig {the_rig.name!r} and the camera have no keyframes in frames {first}-{last}; "
+                             "keyframe them or render the frame range instead.")
+        if scene.render.is_movie_format:
+            raise InputError("Frames = Keyframes writes still images, not a video; choose an image file format "
+                             "(Output properties > File Format), or render the frame range.")
+        check_writable(Path(scene.render.frame_path(frame=numbers[0])).parent)
+        _use_engine(self, scene)
+        raw_path, original = scene.render.filepath, scene.frame_current
+        written = kept = 0
+        try:
+            for number in numbers:
+                path = scene.render.frame_path(frame=number)
+                if not scene.render.use_overwrite and os.path.exists(path):
+                    kept += 1
+                    continue
+                scene.frame_set(number)
+                scene.render.filepath = path
+                if not _render(self, True, write_still=True):
+                    return {"CANCELLED"}
+                scene.render.filepath = raw_path
+                written += 1
+        finally:
+            scene.render.filepath = raw_path
+            scene.frame_set(original)
+        self.report({"INFO"}, f"Rendered {written} keyframe(s)" + (f"; {kept} already on disk (Overwrite is off)"
+                                                                   if kept else ""))
+        return {"FINISHED"}
 
 
 class NEXT3D_OT_cancel_job(Operator):
@@ -408,8 +481,8 @@ class NEXT3D_OT_avatar_from_photo(_JobOperator, Operator):
 # ------------------------------------------------------------------------------------------------ meshes
 
 class NEXT3D_OT_extract_mesh(_JobOperator, Operator):
-    """Extract the avatar's surface as a mesh with vertex colours, placed on the head (current frame, or one per
-    keyframe in a collection whose objects show only on their frame)"""
+    """Extract the avatar's surface near the head as a mesh with vertex colours, parented to the rig and shown on its
+    frame only (the current frame, or one per keyframe); extracting a frame again replaces its mesh"""
 
     bl_idname = "next3d.extract_mesh"
     bl_label = "Extract Mesh"
@@ -427,8 +500,9 @@ class NEXT3D_OT_extract_mesh(_JobOperator, Operator):
             else:
                 numbers = [scene.frame_current]
             frames = prepare(context, numbers, the_rig)
-            job = frames.job(MeshJob, resolution=int(scene.next3d.mesh_resolution))
-            builder = MeshBuilder(scene, frames.rig, frames.heads, sequence=len(numbers) > 1)
+            job = frames.job(MeshJob, resolution=int(scene.next3d.mesh_resolution),
+                             keep_background=bool(scene.next3d.mesh_keep_background))
+            builder = MeshBuilder(scene, frames.rig, frames.heads)
             task = runner.Task(job, frames.arrays, "Extract mesh", on_mesh=builder.add)
             runner.start(task, frames.prefs, synchronous(self.mode))
         except Next3DError as exc:

@@ -81,6 +81,7 @@ class NEXT3D_PT_rig(_Next3DPanel, Panel):
             layout.label(text="Select a FLAME rig to edit it", icon="INFO")
             return
         layout.label(text=f"Rig: {the_rig.name}", icon="ARMATURE_DATA")
+        layout.prop(the_rig.mesh.next3d, "is_head")
         row = layout.row(align=True)
         row.operator("next3d.random_shape", icon="MOD_NOISE")
         row.operator("next3d.reset_shape", text="Reset Shape")
@@ -136,8 +137,11 @@ class NEXT3D_PT_render(_Next3DPanel, Panel):
         row = col.row(align=True)
         row.prop(scene, "frame_start")
         row.prop(scene, "frame_end")
-        col.prop(settings, "write_video")
-        col.prop(settings, "overwrite")
+        # Blender's own Output properties: the render engine writes through them.
+        col.prop(scene.render.image_settings, "file_format")
+        row = col.row(align=True)
+        row.prop(scene.render, "use_overwrite")
+        row.prop(scene.render, "use_placeholder")
         col.label(text=f"{scene.render.resolution_x} x {scene.render.resolution_y} px, "
                        f"{scene.render.fps / (scene.render.fps_base or 1):g} fps")
         col.prop(scene.render, "filepath", text="Output")
@@ -154,8 +158,7 @@ class NEXT3D_PT_mesh(_Next3DPanel, Panel):
         settings = context.scene.next3d
         layout.prop(settings, "mesh_frames")
         layout.prop(settings, "mesh_resolution")
-        if hasattr(settings, "mesh_keep_background"):       # docs/mesh_extraction.md#head-region
-            layout.prop(settings, "mesh_keep_background")
+        layout.prop(settings, "mesh_keep_background")       # docs/mesh_extraction.md#head-region
         layout.operator("next3d.extract_mesh", icon="MESH_DATA")
 
 

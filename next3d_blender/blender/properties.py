@@ -7,8 +7,10 @@ from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, Po
 from bpy.types import PropertyGroup
 
 FRAME_SOURCES = (
-    ("RANGE", "Frame Range", "Every frame of the scene's frame range (or the range given to the operator)"),
-    ("KEYFRAMES", "Keyframes", "Only the frames where the rig has keyframes"),
+    ("RANGE", "Frame Range", "Every frame of the scene's frame range, step and output as set in Output properties "
+     "(what Render > Render Animation renders)"),
+    ("KEYFRAMES", "Keyframes", "Only the frames where the rig or the scene camera has keyframes, written as still "
+     "images (no video: a few keyframes would only flash by)"),
 )
 
 
@@ -37,19 +39,22 @@ class NEXT3D_PG_scene(PropertyGroup):
                              "frame derives its own from it, so frames do not depend on which run renders them)",
                              default=0, min=0)
     frame_source: EnumProperty(name="Frames", items=FRAME_SOURCES, default="RANGE")
-    write_video: BoolProperty(name="Video", description="Also write an MP4 of the frames at the scene's frame rate",
-                              default=True)
-    overwrite: BoolProperty(name="Overwrite", description="Render again frames that are already on disk (otherwise "
-                            "they are kept, so a stopped render resumes)", default=False)
     mesh_frames: EnumProperty(name="Frames", items=(
         ("CURRENT", "Current Frame", "Extract one mesh at the current frame"),
         ("KEYFRAMES", "Keyframes", "One mesh per keyframe, in a collection shown frame by frame")), default="CURRENT")
     mesh_resolution: IntProperty(name="Resolution", description="Lattice points per axis for mesh extraction",
                                  default=128, min=32, max=512)
+    mesh_keep_background: BoolProperty(
+        name="Keep Background", default=False,
+        description="Keep the density of the whole box, also the backdrop the model puts beside and behind the head "
+        "(by default only the head and 2 cm around it)")
 
 
 class NEXT3D_PG_object(PropertyGroup):
     is_rig: BoolProperty(name="Next3D Rig", description="Built by Next3D > Add FLAME Head", default=False)
+    is_head: BoolProperty(name="Next3D Head", description="The Next3D render engine renders this head mesh (every "
+                          "marked head of the view layer, composited by depth); Add FLAME Head marks its head",
+                          default=False)
     head_name: StringProperty(name="Head", description="The head model the rig was built from")
     mesh_frame: IntProperty(name="Frame", description="Frame an extracted mesh belongs to", default=0)
 

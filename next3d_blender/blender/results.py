@@ -55,7 +55,7 @@ class MeshBuilder:
     in the collection "Next3D Meshes <rig>". Extracting a frame again replaces that frame's mesh in place (same
     object and names; the old mesh datablock is freed)."""
 
-    def __init__(self, scene, the_rig: rig.Rig, heads: Dict[int, np.ndarray], sequence: bool = False):
+    def __init__(self, scene, the_rig: rig.Rig, heads: Dict[int, np.ndarray]):
         self.scene_name = scene.name
         self.rig_name = the_rig.name
         self.parent_name = the_rig.root.name
@@ -63,7 +63,6 @@ class MeshBuilder:
         if the_rig.armature is not None:
             self.bone = next((b for b in HEAD_BONES if b in the_rig.armature.data.bones), "")
         self.heads = heads
-        self.sequence = sequence           # kept for callers; every mesh now shows on its own frame only
         self.objects: List[str] = []
         self.replaced: List[str] = []
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..core.errors import Next3DError
 from ..engine.job_specs import Job
-from ..engine.worker import WorkerClient, WorkerError, iter_until_finished
+from ..engine.worker import WorkerClient, WorkerError, exit_message, iter_until_finished
 
 POLL_INTERVAL = 0.1
 
@@ -154,9 +154,8 @@ class Task:
                 print(header["traceback"], file=sys.stderr, flush=True)
         elif kind == "exit":
             if not self.finished and self.error is None:
-                tail = (header.get("stderr") or "").strip().splitlines()[-6:]
-                self.error = (f"The Next3D worker stopped unexpectedly (exit code {header.get('returncode')})"
-                              + (": " + " | ".join(tail) if tail else "."))
+                self.error = exit_message(header.get("returncode"), header.get("stderr") or "",
+                                          header.get("python") or "")
                 self.error_is_user = False
             self._finish()
         elif kind == "finished":
@@ -169,7 +168,7 @@ class Task:
 
 # ------------------------------------------------------------------------------------------------ state
 
-_state = {"task": None, "client": None, "python": None}
+_state = {"task": None, "client": None, "render_client": None, "python": None}
 
 
 def active_task() -> Optional[Task]:
@@ -224,12 +223,7 @@ def start(task: Task, prefs, synchronous: bool) -> Task:
 
 
 def _run_in_process(task: Task) -> None:
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        raise Next3DError("torch cannot be imported in Blender's Python. Set 'Worker Python' in the Next3D "
-                          "add-on preferences to a Python environment that has torch (e.g. the project's "
-                          ".venv/bin/python).") from None
+    _check_torch()
     from ..engine import jobs
 
     def should_stop() -> bool:
@@ -251,6 +245,73 @@ def _run_in_worker_blocking(task: Task, python: str) -> None:
         client.cancel()
         for header, arrays in iter_until_finished(client, timeout=600):
             task.handle(header, arrays)
+
+
+def run_now(job: Job, arrays: Dict[str, np.ndarray], prefs, on_reply: Callable[[dict, Dict[str, np.ndarray]], None],
+            should_stop: Callable[[], bool], in_process: bool) -> dict:
+    """Run `job` to its end from the calling thread (the render engine: Blender's render thread with a UI, the main
+    thread under -b), handing every reply to `on_reply`; returns the job's summary ("cancelled": True when
+    `should_stop` stopped it). In this process when `in_process` and no Worker Python is set, else in the render
+    worker (a process of its own, so a render never waits on a sidebar job). Raises Next3DError (user errors) or
+    WorkerFailure."""
+    if in_process and not prefs.python_path:
+        _check_torch()
+        from ..engine import jobs
+
+        summary: dict = {}
+
+        def emit(kind, payload, out_arrays):
+            header = dict(payload or {}, type=kind)
+            if kind in ("done", "cancelled"):
+                summary.update(header, cancelled=kind == "cancelled")
+            on_reply(header, out_arrays or {})
+
+        jobs.run_job(job, arrays, emit, should_stop)
+        return summary
+    python = worker_python(prefs)
+    client = _state.get("render_client")
+    if client is not None and (client.python != python or not client.alive):
+        client.stop()
+        client = None
+    if client is None:
+        client = _state["render_client"] = WorkerClient(python)
+    try:
+        client.submit(job.to_dict(), arrays)
+        summary, error, cancelling = {}, None, False
+        while True:
+            msg = client.wait(timeout=0.1)
+            if msg is None:
+                if should_stop() and not cancelling:
+                    client.cancel()
+                    cancelling = True
+                continue
+            header, out_arrays = msg
+            kind = header.get("type")
+            if kind == "error":
+                error = (Next3DError if header.get("user") else WorkerFailure)(str(header.get("message")))
+            elif kind == "exit":
+                _state["render_client"] = None
+                raise WorkerFailure(exit_message(header.get("returncode"), header.get("stderr") or "", python))
+            elif kind == "finished":
+                break
+            else:
+                if kind in ("done", "cancelled"):
+                    summary.update(header, cancelled=kind == "cancelled")
+                on_reply(header, out_arrays)
+    except WorkerError as exc:
+        raise WorkerFailure(str(exc)) from None
+    if error is not None:
+        raise error
+    return summary
+
+
+def _check_torch() -> None:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise Next3DError("torch cannot be imported in Blender's Python. Set 'Worker Python' in the Next3D add-on "
+                          "preferences to a Python environment that has torch (e.g. the project's "
+                          ".venv/bin/python).") from None
 
 
 def drain() -> Optional[float]:
@@ -293,7 +354,8 @@ def shutdown() -> None:
         task.cancel_requested = True
         task.error = task.error or "The job was stopped because the add-on was disabled."
         task._finish()
-    client = _state["client"]
-    if client is not None:
-        client.stop()
-    _state.update(task=None, client=None)
+    for name in ("client", "render_client"):
+        client = _state.get(name)
+        if client is not None:
+            client.stop()
+    _state.update(task=None, client=None, render_client=None)

@@ -26,7 +26,7 @@ from ..core.errors import InputError
 from ..core.flame.mesh_pose import MeshHead
 from ..engine import convert
 from ..engine.heads import HeadSpec, head_arrays, topology_mismatch
-from ..engine.job_specs import AvatarJob, FramedJob, ModelSpec
+from ..engine.job_specs import AvatarJob, ModelSpec
 from . import ADDON_PACKAGE, rig
 from .preferences import get_preferences
 
@@ -159,13 +159,31 @@ def camera_params(camera_object, scene) -> convert.CameraParams:
 def find_head(context) -> rig.Rig:
     """The head to render, whichever object is active: the scene's Head (Next3D > Render), else the only head mesh
     the view layer shows."""
-    chosen = context.scene.next3d.head
+    return scene_head(context.scene, context.view_layer)
+
+
+def render_heads(scene, view_layer) -> List[rig.Rig]:
+    """The heads the render engine renders, whichever object is active: every mesh of the view layer marked as a
+    Next3D head (Object > Next3D Head, set by Add FLAME Head) that renders (not hidden in renders), and the scene's
+    Head setting; when neither names one, the only head of the view layer (files made before the mark)."""
+    marked = [obj for obj in view_layer.objects if obj.type == "MESH" and obj.next3d.is_head and not obj.hide_render]
+    chosen = scene.next3d.head
+    if chosen is not None and chosen not in marked:
+        return [scene_head(scene, view_layer)] + [rig.rig_of_mesh(obj) for obj in sorted(marked, key=lambda o: o.name)]
+    if marked:
+        return [rig.rig_of_mesh(obj) for obj in sorted(marked, key=lambda o: o.name)]
+    return [scene_head(scene, view_layer)]
+
+
+def scene_head(scene, view_layer) -> rig.Rig:
+    """The scene's Head setting, else the only head mesh the view layer shows."""
+    chosen = scene.next3d.head
     if chosen is not None:
         if chosen.type != "MESH":
             raise InputError(f"The scene's Head {chosen.name!r} is a {chosen.type.lower()}; choose the head's mesh "
                              "in Next3D > Render > Head.")
         return rig.rig_of_mesh(chosen)
-    heads = rig.scene_heads(context.scene, context.view_layer)
+    heads = rig.scene_heads(scene, view_layer)
     if not heads:
         raise InputError("The scene has no FLAME head to render. Add one with Next3D > Rig > Add FLAME Head, or "
                          "choose the head's mesh in Next3D > Render > Head.")
@@ -329,6 +347,113 @@ def collect_frames(context, head: rig.Rig, numbers: List[int], model: MeshHead, 
     return arrays, heads, framing, warnings
 
 
+def key_mix(obj, depsgraph) -> np.ndarray:
+    """The mesh with its shape keys applied and nothing else (no skeleton, no modifiers) [N, 3], the key values as
+    `depsgraph` evaluates them (keyframes, drivers): the unposed mesh core/flame/mesh_pose.py fits the pose against.
+    The render engine reads it this way because it may not change the scene (rest_position) while rendering.
+    Relative keys only (absolute keys: the Basis), muted keys skipped, a key's vertex group weighting its offset."""
+    keys = obj.data.shape_keys
+    if keys is None:
+        return _basis(obj)
+    evaluated = keys.evaluated_get(depsgraph)
+    values = {kb.name: (kb.value, kb.mute) for kb in evaluated.key_blocks}
+    reference = keys.reference_key
+    coords: Dict[str, np.ndarray] = {}
+
+    def co(kb) -> np.ndarray:
+        if kb.name not in coords:
+            a = np.empty(len(kb.data) * 3, dtype=np.float32)
+            kb.data.foreach_get("co", a)
+            coords[kb.name] = a.reshape(-1, 3).astype(np.float64)
+        return coords[kb.name]
+
+    out = co(reference).copy()
+    if not keys.use_relative:
+        return out
+    for kb in keys.key_blocks:
+        value, mute = values.get(kb.name, (0.0, True))
+        if kb.name == reference.name or mute or value == 0.0:
+            continue
+        offset = co(kb) - co(kb.relative_key)
+        if kb.vertex_group and kb.vertex_group in obj.vertex_groups:
+            offset = offset * _group_weights(obj, obj.vertex_groups[kb.vertex_group].index)[:, None]
+        out += value * offset
+    return out
+
+
+def _group_weights(obj, index: int) -> np.ndarray:
+    w = np.zeros(len(obj.data.vertices))
+    for v in obj.data.vertices:
+        for g in v.groups:
+            if g.group == index:
+                w[v.index] = g.weight
+    return w
+
+
+@dataclass
+class HeadInputs:
+    """One head at the depsgraph's frame, as the render engine needs it: the one-frame job arrays (engine/jobs.py;
+    cam2world is the scene camera in head space, intrinsics normalized by the square framing), the scene camera's
+    projection, the head's scale (Blender units per head unit) and warnings."""
+
+    rig: rig.Rig
+    arrays: Dict[str, np.ndarray]
+    params: convert.CameraParams
+    head_scale: float
+    warnings: List[str]
+
+
+def read_head(depsgraph, head: rig.Rig, model: MeshHead, model_topology: Tuple[int, np.ndarray],
+              label: str, camera: Optional[Tuple[np.ndarray, convert.CameraParams]] = None) -> HeadInputs:
+    """`head` at the frame `depsgraph` is evaluated for (the render engine's depsgraph: nothing in the scene is
+    changed, no frame is set), seen by the scene's camera, or by `camera` (OpenCV cam2world in Blender's world,
+    projection: the viewport's view). InputError when the mesh is not of the model's topology or the scene has no
+    usable camera."""
+    scene = depsgraph.scene
+    mesh_label = f"the mesh {head.mesh.name!r}"
+    posed = _vertices(head.mesh, depsgraph)
+    faces = _triangles(head.mesh, depsgraph)
+    _check_topology(head.mesh, posed, faces, model_topology, label, mesh_label)
+    rest = key_mix(head.mesh, depsgraph) if rig.deforming_armatures(head.mesh) else posed
+    world = convert.matrix_to_numpy(head.mesh.evaluated_get(depsgraph).matrix_world)
+    if camera is None:
+        cam_eval = scene_camera(scene).evaluated_get(depsgraph)
+        params = camera_params(cam_eval, scene)
+        c2w = convert.opencv_cam2world(convert.matrix_to_numpy(cam_eval.matrix_world))
+    else:
+        c2w, params = camera
+    framing = convert.square_framing(convert.intrinsics_pixels(params), params.width, params.height)
+    frame = model.frame(posed, rest, model.data_frame(_basis(head.mesh)))
+    head_to_world = world @ frame.head_to_mesh
+    warnings = []
+    if frame.residual > SKULL_WARNING:
+        warnings.append(f"The skull of {mesh_label} is deformed, not only moved, at frame {scene.frame_current} "
+                        f"(beyond {SKULL_WARNING * 1000:g} mm); the head pose is the best rigid fit.")
+    arrays = {"numbers": np.asarray([scene.frame_current], dtype=np.int64),
+              "vertices": frame.vertices[None].astype(np.float32),
+              "landmarks": frame.landmarks[None].astype(np.float32),
+              "cam2world": convert.camera_in_head_space(c2w, head_to_world)[None].astype(np.float32),
+              "intrinsics": framing.intrinsics[None].astype(np.float32),
+              "faces": np.ascontiguousarray(faces, dtype=np.int32)}
+    head_scale = float(abs(np.linalg.det(head_to_world[:3, :3])) ** (1.0 / 3.0))
+    return HeadInputs(rig=head, arrays=arrays, params=params, head_scale=head_scale, warnings=warnings)
+
+
+def avatar_job(scene, prefs, rig_name: str) -> AvatarJob:
+    """The settings every job over a head shares: the preferences' model and head, the scene's avatar."""
+    spec = head_spec(prefs)
+    model = model_spec(prefs)
+    s = scene.next3d
+    latent_path = ""
+    if s.avatar_source == "PHOTO":
+        folder = photo_avatar_folder(s)
+        model = ModelSpec(source="project", path=str(folder / AVATAR_MODEL), device=model.device)
+        latent_path = str(folder / AVATAR_LATENT)
+    return AvatarJob(model=model, head=spec, cache_dir=cache_dir(), seed=int(s.seed),
+                     truncation_psi=float(s.truncation_psi), sample_seed=int(s.sample_seed),
+                     latent_path=latent_path, threads=int(prefs.threads), rig_name=rig_name)
+
+
 @dataclass
 class SceneFrames:
     """What a job over the rig's frames takes from Blender (`prepare`)."""
@@ -342,12 +467,8 @@ class SceneFrames:
     prefs: object
 
     def job(self, job_type: Type[J], **settings) -> J:
-        """A job of `job_type` over these frames: the shared settings, the framing for jobs that render images,
-        and the job's own `settings`."""
+        """A job of `job_type` over these frames: the shared settings and the job's own `settings`."""
         shared = {f.name: getattr(self.avatar, f.name) for f in fields(self.avatar)}
-        if issubclass(job_type, FramedJob):
-            f = self.framing
-            shared.update(width=f.width, height=f.height, side=f.side, x0=f.x0, y0=f.y0)
         return job_type(**shared, **settings)
 
 
@@ -356,7 +477,7 @@ def prepare(context, numbers: Optional[List[int]] = None, head: Optional[rig.Rig
     Blender; InputError when the preferences, the head or the scene cannot make one."""
     prefs = get_preferences(context)
     spec = head_spec(prefs)
-    model = model_spec(prefs)
+    model_spec(prefs)       # a missing model file is reported before the frames are read
     the_rig = head if head is not None else find_head(context)
     scene_camera(context.scene)
     posing, topology = mesh_head(spec, cache_dir())
@@ -364,14 +485,6 @@ def prepare(context, numbers: Optional[List[int]] = None, head: Optional[rig.Rig
     arrays, heads, framing, warnings = collect_frames(context, the_rig, numbers, posing,
                                                       f"the mesh {the_rig.mesh.name!r}", topology,
                                                       model_label(prefs))
-    s = context.scene.next3d
-    latent_path = ""
-    if s.avatar_source == "PHOTO":
-        folder = photo_avatar_folder(s)
-        model = ModelSpec(source="project", path=str(folder / AVATAR_MODEL), device=model.device)
-        latent_path = str(folder / AVATAR_LATENT)
-    avatar = AvatarJob(model=model, head=spec, cache_dir=cache_dir(), seed=int(s.seed),
-                       truncation_psi=float(s.truncation_psi), sample_seed=int(s.sample_seed),
-                       latent_path=latent_path, threads=int(prefs.threads), rig_name=the_rig.mesh.name)
+    avatar = avatar_job(context.scene, prefs, the_rig.mesh.name)
     return SceneFrames(rig=the_rig, avatar=avatar, framing=framing, arrays=arrays, heads=heads, warnings=warnings,
                        prefs=prefs)

@@ -1,5 +1,5 @@
-"""What a job asks of the engine: typed descriptions of the jobs (render, preview, mesh, invert, ping), with their
-defaults written once, and their wire form.
+"""What a job asks of the engine: typed descriptions of the jobs (neural, mesh, invert, ping; track:
+performance_job.py), with their defaults written once, and their wire form.
 
 The operators (blender/operators.py) build these; jobs.py runs them, in Blender's process or in the worker. To the
 worker a job travels as a flat JSON object beside the per-frame arrays (worker.py's wire format): `to_dict` writes
@@ -15,7 +15,7 @@ import functools
 import numbers
 import typing
 from dataclasses import MISSING, dataclass, field, fields
-from typing import ClassVar, Dict, Optional, Tuple, Type, Union
+from typing import ClassVar, Dict, Optional, Type, Union
 
 from ..core.errors import InputError
 from .heads import HeadSpec
@@ -81,47 +81,16 @@ class AvatarJob(EngineJob):
 
 
 @dataclass(frozen=True, kw_only=True)
-class FramedJob(AvatarJob):
-    """A job that renders images: the scene's W x H render as the centre crop of a square of side `side` (the
-    generator's square image resized to it), the crop at (x0, y0)."""
+class NeuralJob(AvatarJob):
+    """The generator's frames for the render engine (blender/render_engine.py): per frame an "image" reply with
+    `rgb` [S, S, 3] at the square side S and `depth` [R, R] (ray distance, as volume-rendered), seen by the
+    virtual camera of the job's arrays; frames whose digest (engine/frame_cache.py) is in `frame_cache` are read
+    back instead of rendered. No files besides the cache: placing, matting and writing are Blender's side."""
 
-    missing_message: ClassVar[str] = "The job lacks the render size (width, height)."
+    kind: ClassVar[str] = "neural"
 
-    width: int
-    height: int
-    side: Optional[int] = None     # None: max(width, height)
-    x0: int = 0
-    y0: int = 0
-
-    def framing(self) -> Tuple[int, int, int, int, int]:
-        """(side, x0, y0, width, height), checked."""
-        w, h = self.width, self.height
-        if w < 1 or h < 1 or w > 16384 or h > 16384:
-            raise InputError(f"The render size {w} x {h} is not usable; set the scene's resolution (Output "
-                             "properties).")
-        return (self.side if self.side is not None else max(w, h)), self.x0, self.y0, w, h
-
-
-@dataclass(frozen=True, kw_only=True)
-class PreviewJob(FramedJob):
-    """One frame (the first of the arrays) -> an "image" reply with its pixels; nothing is written."""
-
-    kind: ClassVar[str] = "preview"
-
-
-@dataclass(frozen=True, kw_only=True)
-class RenderJob(FramedJob):
-    """Frames -> PNGs in out_dir (atomic, resumable, settings-checked), then a video of them."""
-
-    kind: ClassVar[str] = "render"
-
-    out_dir: str = ""
-    overwrite: bool = False             # render again the frames already on disk
-    write_video: bool = True
-    fps: float = 24.0
-    sequence_first: Optional[int] = None    # the sequence a video covers (None: the job's first frame) ...
-    sequence_last: Optional[int] = None     # ... and last, so renders split into ranges assemble one video
-    keyframes_only: bool = False            # the frames are the rig's keyframes: the video shows only those
+    side: int = 512
+    frame_cache: str = ""              # the cache folder ("": no cache)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -165,8 +134,8 @@ class PingJob:
         return cls()
 
 
-Job = Union[RenderJob, PreviewJob, MeshJob, InvertJob, PingJob]
-JOB_TYPES: Dict[str, Type] = {t.kind: t for t in (RenderJob, PreviewJob, MeshJob, InvertJob, PingJob)}
+Job = Union[NeuralJob, MeshJob, InvertJob, PingJob]
+JOB_TYPES: Dict[str, Type] = {t.kind: t for t in (NeuralJob, MeshJob, InvertJob, PingJob)}
 # engine/performance_job.py adds TrackJob ("track") here when imported (jobs.py imports it).
 
 
@@ -228,5 +197,5 @@ def _value(name: str, hint, value):
     raise InputError(f"The job's {name!r} should be {getattr(hint, '__name__', hint)}, not {value!r}.")
 
 
-__all__ = ["ModelSpec", "HeadSpec", "EngineJob", "AvatarJob", "FramedJob", "PreviewJob", "RenderJob", "MeshJob",
-           "InvertJob", "PingJob", "Job", "JOB_TYPES", "job_from_dict"]
+__all__ = ["ModelSpec", "HeadSpec", "EngineJob", "AvatarJob", "NeuralJob", "MeshJob", "InvertJob", "PingJob", "Job",
+           "JOB_TYPES", "job_from_dict"]

@@ -4,9 +4,9 @@ process. No bpy here; torch and core are imported inside the functions.
 A job is a typed description (job_specs.py: its fields and defaults) plus named numpy arrays (the per-frame rig
 state); both cross a process boundary unchanged (worker.py's wire format). Job kinds:
 
-  "render"   frames -> PNGs in out_dir (core.sequence.render_sequence: atomic, resumable, settings-checked), then
-             a video of them. Emits "begin", one "frame" per written frame, then "done" (or "cancelled").
-  "preview"  one frame -> emits "image" with the pixels (no file).
+  "neural"   frames seen by virtual cameras -> emits "image" per frame with the generator's rgb and depth at the
+             square side, from the frame cache (frame_cache.py) when nothing they are made of changed; the render
+             engine (blender/render_engine.py) places, mattes and composites them, and Blender writes the files.
   "mesh"     one mesh per frame (core.mesh.extract_mesh, FLAME units) -> emits "mesh" per frame with vertices,
              faces and colours.
   "invert"   a portrait photo -> a one-shot avatar folder (core.portrait + core.inversion: crop, FLAME fit, pivotal
@@ -17,8 +17,8 @@ state); both cross a process boundary unchanged (worker.py's wire format). Job k
 Per-frame arrays, N frames, all from the rig's evaluated mesh (blender/scene.py, core/flame/mesh_pose.py):
 numbers [N] (Blender frame numbers), vertices [N, V, 3] and landmarks [N, 68, 3] float32 (the head in FLAME space
 with its rigid pose removed: the generator's mesh input), cam2world [N, 4, 4] (OpenCV camera in that head's frame,
-the head pose folded in, see convert.py) and intrinsics [N, 3, 3] (normalized by the square side, see
-convert.square_framing). Beside them, once: faces [T, 3] int32, the rig's triangles, checked against the
+the head pose folded in, see convert.py) and intrinsics [N, 3, 3] (normalized by the square side; for "neural"
+the virtual camera's, framing.py). Beside them, once: faces [T, 3] int32, the rig's triangles, checked against the
 generator's own (a generator rasterizes its triangles with the vertices it is given). A FLAME-sized frame is 61 kB
 on the wire (worker.py streams array bytes after a small JSON header, so the length of a render is no limit).
 """
@@ -26,17 +26,14 @@ on the wire (worker.py streams array bytes after a small JSON header, so the len
 from __future__ import annotations
 
 import math
-import time
-from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
 from ..core import session
 from ..core.errors import InputError, Next3DError
 from .heads import HeadSpec, head_arrays, topology_mismatch
-from .job_specs import (AvatarJob, InvertJob, Job, MeshJob, ModelSpec, PingJob, PreviewJob, RenderJob,
-                        job_from_dict)
+from .job_specs import AvatarJob, InvertJob, Job, MeshJob, ModelSpec, NeuralJob, PingJob, job_from_dict
 from .performance_job import track_job     # also registers the "track" job kind (TrackJob)
 
 Emit = Callable[[str, dict, Optional[Dict[str, np.ndarray]]], None]
@@ -244,63 +241,6 @@ class FrameInputs:
         return torch.from_numpy(self.labels[self._row(number)])
 
 
-def frame_source(inputs: FrameInputs, first: int, last: int):
-    """A core.sequence FrameSource over Blender frame numbers first..last (only the job's frames are evaluated;
-    render_sequence asks only for the frames it renders)."""
-    from ..core.sequence.render import FrameSource
-
-    class RigFrameSource(FrameSource):
-        description = "Blender animation"
-
-        def __init__(self):
-            self.first_number = int(first)
-            self._n = int(last) - int(first) + 1
-
-        def __len__(self) -> int:
-            return self._n
-
-        def mesh(self, i: int):
-            return inputs.mesh_input(self.index_to_number(i))
-
-        def camera(self, i: int):
-            return inputs.label(self.index_to_number(i))
-
-    return RigFrameSource()
-
-
-# ------------------------------------------------------------------------------------------------ framing
-
-class FramedGenerator:
-    """The generator with its square output resized to the render's square side and centre-cropped to W x H
-    (core.sequence.render_sequence writes what `render_frame` returns)."""
-
-    def __init__(self, generator, side: int, x0: int, y0: int, width: int, height: int):
-        self.generator = generator
-        self.config = generator.config
-        self.side, self.x0, self.y0, self.width, self.height = int(side), int(x0), int(y0), int(width), int(height)
-
-    def parameters(self):
-        return self.generator.parameters()
-
-    def make_identity(self, *args, **kwargs):
-        return self.generator.make_identity(*args, **kwargs)
-
-    def frame(self, image):
-        import torch.nn.functional as F
-
-        res = image.shape[-1]
-        if res != self.side:
-            image = F.interpolate(image.float(), size=(self.side, self.side), mode="bilinear", align_corners=False,
-                                  antialias=self.side < res)
-        return image[..., self.y0:self.y0 + self.height, self.x0:self.x0 + self.width]
-
-    def render_frame(self, *args, **kwargs):
-        from dataclasses import replace
-
-        out = self.generator.render_frame(*args, **kwargs)
-        return replace(out, image=self.frame(out.image))
-
-
 # ------------------------------------------------------------------------------------------------ jobs
 
 def _prepare(job: AvatarJob, arrays: Dict[str, np.ndarray], emit: Emit):
@@ -318,98 +258,71 @@ def _prepare(job: AvatarJob, arrays: Dict[str, np.ndarray], emit: Emit):
     return n, generator, description, labels, identity
 
 
-def _runs(numbers: Sequence[int]) -> List[Tuple[int, int]]:
-    """Consecutive runs of sorted frame numbers: [1, 2, 3, 10, 20, 21] -> [(1, 3), (10, 10), (20, 21)]."""
-    runs: List[Tuple[int, int]] = []
-    for n in sorted(set(int(x) for x in numbers)):
-        if runs and n == runs[-1][1] + 1:
-            runs[-1] = (runs[-1][0], n)
+def neural_job(job: NeuralJob, arrays: Dict[str, np.ndarray], emit: Emit, should_stop: StopFn) -> dict:
+    """The generator's square frames (rgb at job.side, depth as volume-rendered) for the render engine, from the
+    frame cache where the frame's digest is there (engine/frame_cache.py). Emits "begin", per frame "image" (arrays
+    rgb, depth; header number, digest, cached) then "frame", then "done" with how many were kept and rendered."""
+    import torch
+    import torch.nn.functional as F
+
+    from ..core.sequence.render import frame_seed
+    from .frame_cache import FrameCache, frame_digest
+
+    warnings: List[str] = []
+    n = check_frame_arrays(arrays)
+    side = int(job.side)
+    if not 16 <= side <= 4096:
+        raise InputError(f"The generator image side {side} px is not usable; use 16 to 4096.")
+    generator, description = load_model(job.model, warnings)
+    check_topology(generator, description, arrays, job.rig_name)
+    # Virtual cameras are near the training ones by construction (engine/framing.py warns about the direction).
+    labels = camera_labels(arrays, generator.config)
+    for w in warnings:
+        emit("warning", {"message": w}, None)
+    device = next(generator.parameters()).device
+    model_key = model_cache_key(job.model, str(device))
+    avatar = job_avatar(job)
+    cache = FrameCache(job.frame_cache) if job.frame_cache else None
+    numbers = [int(x) for x in arrays["numbers"]]
+    emit("begin", {"total": n, "skipped": 0, "description": description}, None)
+    identity = None
+    kept = rendered = 0
+    for i, number in enumerate(numbers):
+        if should_stop():
+            summary = {"kept": kept, "rendered": rendered, "missing": numbers[i:]}
+            emit("cancelled", summary, None)
+            return summary
+        seed = frame_seed(job.sample_seed, number)
+        digest = frame_digest(vertices=arrays["vertices"][i], landmarks=arrays["landmarks"][i], label=labels[i],
+                              model=[job.model.source, model_key[3]], avatar=avatar.record(), seed=seed, side=side,
+                              description=description)
+        cached = cache.load(digest) if cache is not None else None
+        if cached is None:
+            if identity is None:
+                identity = avatar_identity(generator, model_key, avatar)
+            with torch.no_grad():
+                rng = torch.Generator(device=device).manual_seed(seed)
+                out = generator.render_frame(identity, torch.from_numpy(np.concatenate(
+                    [arrays["vertices"][i], arrays["landmarks"][i]]).astype(np.float32))[None].to(device),
+                    torch.from_numpy(labels[i])[None].to(device), generator=rng)
+                image = ((out.image.float() + 1.0) / 2.0).clamp(0.0, 1.0)
+                if image.shape[-1] != side:
+                    image = F.interpolate(image, size=(side, side), mode="bilinear", align_corners=False,
+                                          antialias=side < image.shape[-1])
+            # Depth stays at the volume renderer's resolution (engine/framing.py depth_to_scene takes any size).
+            frame = {"rgb": image[0].permute(1, 2, 0).cpu().numpy().astype(np.float32),
+                     "depth": out.image_depth[0, 0].float().cpu().numpy().astype(np.float32)}
+            if cache is not None:
+                cache.store(digest, frame["rgb"], frame["depth"])
+            rendered += 1
         else:
-            runs.append((n, n))
-    return runs
-
-
-def render_job(job: RenderJob, arrays: Dict[str, np.ndarray], emit: Emit, should_stop: StopFn) -> dict:
-    from ..core.sequence.render import SequenceInterrupted, frame_name, render_sequence
-    from ..core.sequence.video import write_video
-
-    n, generator, description, labels, identity = _prepare(job, arrays, emit)
-    side, x0, y0, w, h = job.framing()
-    out_dir = Path(job.out_dir)
-    if not job.out_dir:
-        raise InputError("No output folder is set; set the scene's output path (Output properties > Output).")
-    numbers = sorted(int(x) for x in arrays["numbers"])
-    first_all = job.sequence_first if job.sequence_first is not None else numbers[0]
-    last_all = job.sequence_last if job.sequence_last is not None else numbers[-1]
-    framed = FramedGenerator(generator, side, x0, y0, w, h)
-    source = frame_source(FrameInputs(arrays, labels), min(first_all, numbers[0]), max(last_all, numbers[-1]))
-    # The rig's meshes arrive per frame, so no FLAME file is recorded (as `next3d render` for mesh sequences).
-    settings = session.render_record(model_path(job.model), job_avatar(job), sample_seed=job.sample_seed,
-                                     width=w, height=h, head=job.head.kind)
-    on_disk = [k for k in numbers if (out_dir / frame_name(k)).is_file()] if not job.overwrite else []
-    emit("begin", {"total": len(numbers), "skipped": len(on_disk), "out_dir": str(out_dir),
-                   "description": description}, None)
-    done = {"count": len(on_disk)}
-    written: List[int] = []
-
-    def on_frame(number: int, path: Path) -> None:
-        done["count"] += 1
-        written.append(number)
-        emit("frame", {"number": number, "path": str(path), "done": done["count"], "total": len(numbers)}, None)
-
-    start = time.perf_counter()
-    interrupted = False
-    for first, last in _runs(numbers):
-        try:
-            result = render_sequence(framed, identity, source, out_dir, frame_range=(first, last),
-                                     overwrite=job.overwrite, seed=job.sample_seed,
-                                     progress=False, write_video=False, settings=settings,
-                                     should_stop=should_stop, on_frame=on_frame)
-        except SequenceInterrupted:
-            interrupted = True
-            break
-        if result.interrupted:
-            interrupted = True
-            break
-    paths = [out_dir / frame_name(k) for k in numbers]
-    summary = {"written": written, "out_dir": str(out_dir), "seconds": time.perf_counter() - start,
-               "missing": [k for k, p in zip(numbers, paths) if not p.is_file()], "video": None,
-               "description": description}
-    if interrupted:
-        emit("cancelled", summary, None)
-        return summary
-    if job.write_video and not summary["missing"]:
-        seq = [out_dir / frame_name(k) for k in range(first_all, last_all + 1)]
-        whole = job.keyframes_only or all(p.is_file() for p in seq)
-        if whole:
-            video_frames, target = (paths if job.keyframes_only else seq), out_dir / "video.mp4"
-        else:
-            video_frames, target = paths, out_dir / f"video_{numbers[0]:05d}-{numbers[-1]:05d}.mp4"
-        summary["video"] = str(write_video(video_frames, target, fps=job.fps))
+            frame = cached
+            kept += 1
+        emit("image", {"number": number, "digest": digest, "cached": cached is not None, "index": i}, frame)
+        emit("frame", {"number": number, "done": i + 1, "total": n}, None)
+    summary = {"kept": kept, "rendered": rendered, "missing": []}
     emit("done", summary, None)
     return summary
-
-
-def preview_job(job: PreviewJob, arrays: Dict[str, np.ndarray], emit: Emit, should_stop: StopFn) -> dict:
-    import torch
-
-    from ..core.io.images import to_uint8
-    from ..core.sequence.render import frame_seed
-
-    n, generator, description, labels, identity = _prepare(job, arrays, emit)
-    side, x0, y0, w, h = job.framing()
-    framed = FramedGenerator(generator, side, x0, y0, w, h)
-    number = int(arrays["numbers"][0])
-    src = FrameInputs(arrays, labels)
-    device = next(generator.parameters()).device
-    with torch.no_grad():
-        v = src.mesh_input(number)[None].to(device)
-        c = src.label(number)[None].to(device)
-        rng = torch.Generator(device=device).manual_seed(frame_seed(job.sample_seed, number))
-        out = framed.render_frame(identity, v, c, generator=rng)
-    pixels = to_uint8(out.image[0])
-    emit("image", {"number": number, "width": w, "height": h, "description": description}, {"pixels": pixels})
-    return {"number": number}
 
 
 def mesh_job(job: MeshJob, arrays: Dict[str, np.ndarray], emit: Emit, should_stop: StopFn) -> dict:
@@ -491,7 +404,7 @@ def invert_job(job: InvertJob, arrays: Dict[str, np.ndarray], emit: Emit, should
     return summary
 
 
-JOBS = {"render": render_job, "preview": preview_job, "mesh": mesh_job, "invert": invert_job}
+JOBS = {"neural": neural_job, "mesh": mesh_job, "invert": invert_job}
 JOBS["track"] = track_job             # engine/performance_job.py: a clip -> an animation file
 
 
@@ -513,6 +426,5 @@ def run_job(job: Union[Job, dict], arrays: Dict[str, np.ndarray], emit: Emit,
     return JOBS[job.kind](job, arrays, emit, should_stop or (lambda: False))
 
 
-__all__ = ["run_job", "render_job", "preview_job", "mesh_job", "invert_job", "camera_labels", "camera_warnings",
-           "check_topology", "FramedGenerator", "FrameInputs", "frame_source",
-           "Next3DError", "clear_cache"]
+__all__ = ["run_job", "neural_job", "mesh_job", "invert_job", "camera_labels", "camera_warnings", "check_topology",
+           "FrameInputs", "Next3DError", "clear_cache"]

@@ -40,8 +40,15 @@ import numpy as np
 MAGIC = b"N3DW"
 MAX_HEADER = 16 << 20
 PACKAGE_DIR = Path(__file__).resolve().parents[1]     # the add-on's package folder
-_BOOT = ("import sys; sys.path.insert(0, sys.argv[1]); import importlib; "
-         "importlib.import_module(sys.argv[2] + '.engine.worker').main()")
+# The child's first lines: a package its Python lacks (numpy, torch) is one marked line on stderr and exit code
+# MISSING_EXIT, which the parent turns into one sentence (`exit_message`), not a traceback.
+MISSING_MARK = "next3d-worker-missing-module:"
+MISSING_EXIT = 3
+_BOOT = ("import sys, importlib\nsys.path.insert(0, sys.argv[1])\ntry:\n"
+         "    w = importlib.import_module(sys.argv[2] + '.engine.worker'); w.preflight()\n"
+         "except ImportError as e:\n"
+         f"    sys.stderr.write('{MISSING_MARK} %s\\n' % (e.name or e)); sys.exit({MISSING_EXIT})\n"
+         "w.main()")
 
 Message = Tuple[dict, Dict[str, np.ndarray]]
 
@@ -97,7 +104,28 @@ def read_message(stream) -> Optional[Message]:
     return header, arrays
 
 
+def exit_message(returncode, stderr: str, python: str) -> str:
+    """One sentence for a worker that stopped: the package its Python could not import, else the exit code and the
+    last lines of its stderr."""
+    lines = (stderr or "").strip().splitlines()
+    for line in reversed(lines):
+        if line.startswith(MISSING_MARK) or f"worker: {MISSING_MARK}" in line:
+            name = line.split(MISSING_MARK, 1)[1].strip()
+            return (f"The worker's Python ({python}) cannot import {name}: set 'Worker Python' in the Next3D add-on "
+                    "preferences to an environment with torch and the engine's requirements (e.g. the project's "
+                    f".venv/bin/python), or install {name} there.")
+    tail = lines[-6:]
+    return (f"The Next3D worker stopped unexpectedly (exit code {returncode})"
+            + (": " + " | ".join(tail) if tail else "."))
+
+
 # ------------------------------------------------------------------------------------------------ child side
+
+def preflight() -> None:
+    """Import what every job needs before answering (ImportError names the missing package: see _BOOT)."""
+    import torch  # noqa: F401
+
+    from . import jobs  # noqa: F401
 
 def main() -> None:
     """The worker loop (run in the child process)."""
@@ -193,8 +221,10 @@ class WorkerClient:
         except OSError as exc:
             raise WorkerError(f"Cannot start the Next3D worker with {self.python!r}: {exc}.") from None
         self.replies = queue.Queue()
+        self._stderr_thread = threading.Thread(target=self._drain_stderr, args=(self.proc,), name="next3d-stderr",
+                                               daemon=True)
+        self._stderr_thread.start()
         threading.Thread(target=self._read, args=(self.proc,), name="next3d-replies", daemon=True).start()
-        threading.Thread(target=self._drain_stderr, args=(self.proc,), name="next3d-stderr", daemon=True).start()
 
     @property
     def alive(self) -> bool:
@@ -210,7 +240,11 @@ class WorkerClient:
         except (EOFError, ValueError, OSError):
             pass
         code = proc.wait()
-        self.replies.put(({"type": "exit", "returncode": code, "stderr": "\n".join(self.stderr_tail)}, {}))
+        stderr_thread = getattr(self, "_stderr_thread", None)
+        if stderr_thread is not None:
+            stderr_thread.join(timeout=2.0)     # its last lines (a missing package) belong in the exit message
+        self.replies.put(({"type": "exit", "returncode": code, "stderr": "\n".join(self.stderr_tail),
+                           "python": self.python}, {}))
 
     def _drain_stderr(self, proc: subprocess.Popen) -> None:
         for raw in iter(proc.stderr.readline, b""):

@@ -1,9 +1,10 @@
 """The render-farm command of the issue, in a subprocess: the scene saved as a .blend, Blender started in
-background mode with the user's preferences (extension enabled, model chosen), then
+background mode with the user's preferences (extension enabled, model chosen), then what `blender -b scene.blend
+-s 1 -e 2 -a` does,
 
-    bpy.ops.next3d.render_animation(frame_start=1, frame_end=2)
+    scene.frame_start, scene.frame_end = 1, 2; bpy.ops.render.render(animation=True)
 
-run synchronously, frame range by frame range. There is no Blender binary here (bpy is a module), so the
+through the Next3D render engine, chunk by chunk. There is no Blender binary here (bpy is a module), so the
 subprocess is Python importing bpy, reading the user preferences and opening the file, as `blender -b scene.blend
 --python-expr ... --python-exit-code 1` does."""
 
@@ -16,6 +17,7 @@ from n3d_helpers import make_scene
 
 FARM = ("import bpy, sys; bpy.ops.wm.read_userpref(); bpy.ops.wm.open_mainfile(filepath=sys.argv[1]); "
         "exec(sys.argv[2])")
+CHUNK = "s = bpy.context.scene; s.frame_start, s.frame_end = {}, {}; bpy.ops.render.render(animation=True)"
 
 
 def _blender_b(blend, expr):
@@ -29,31 +31,33 @@ def test_background_command_renders_range_by_range(addon, use_tiny, tmp_path):
     arm.pose.bones["jaw"].rotation_euler = (0.3, 0.0, 0.0)
     arm.pose.bones["jaw"].keyframe_insert("rotation_euler", frame=4)
     scene = bpy.context.scene
+    scene.render.engine = "NEXT3D"
+    scene.render.filepath = str(out / "shot_")          # a prefix, not a folder: Blender adds the frame number
     scene.frame_start, scene.frame_end = 1, 4
     blend = tmp_path / "scene.blend"
     bpy.ops.wm.save_as_mainfile(filepath=str(blend), copy=True)
     bpy.ops.wm.save_userpref()
 
-    first = _blender_b(blend, "bpy.ops.next3d.render_animation(frame_start=1, frame_end=2)")
+    first = _blender_b(blend, CHUNK.format(1, 2))
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
-    assert "frame 2 (2/2)" in first.stdout
-    assert sorted(p.name for p in out.glob("frame_*.png")) == ["frame_00001.png", "frame_00002.png"]
-    assert not (out / "video.mp4").exists()
+    assert "shot_0002.png" in first.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["shot_0001.png", "shot_0002.png"]
 
-    second = _blender_b(blend, "bpy.ops.next3d.render_animation(frame_start=3, frame_end=4)")
+    second = _blender_b(blend, CHUNK.format(3, 4))
     assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-2000:]
-    assert len(list(out.glob("frame_*.png"))) == 4
-    assert (out / "video.mp4").is_file()     # the last range completes the scene's sequence
+    assert sorted(p.name for p in out.iterdir()) == [f"shot_{n:04d}.png" for n in range(1, 5)]
 
 
-def test_background_command_fails_cleanly(addon, tmp_path):
+def test_background_command_fails_cleanly(addon, use_tiny, tmp_path):
     out = tmp_path / "farm"
     make_scene(out)
-    bpy.context.scene.camera = None
+    scene = bpy.context.scene
+    scene.render.engine = "NEXT3D"
+    scene.camera.data.type = "ORTHO"
     blend = tmp_path / "scene.blend"
     bpy.ops.wm.save_as_mainfile(filepath=str(blend), copy=True)
     bpy.ops.wm.save_userpref()
-    proc = _blender_b(blend, "bpy.ops.next3d.render_animation(frame_start=1, frame_end=2)")
+    proc = _blender_b(blend, CHUNK.format(1, 2))
     assert proc.returncode != 0
-    assert "The scene has no camera" in proc.stderr
+    assert "Next3D: The camera 'Next3D Camera' is ortho; the generator needs a perspective camera" in proc.stderr
     assert not out.exists()

@@ -76,8 +76,7 @@ def test_added_camera_is_the_ffhq_camera(addon, tmp_path):
     assert np.allclose(k, [[4.2647, 0, 0.5], [0, 4.2647, 0.5], [0, 0, 1]], atol=1e-5)
     ref = look_at_cam2world(0.0, 0.0, pivot=(0.0, 0.0, 0.0)).numpy()
     assert np.allclose(c2w, ref, atol=1e-4)
-    job = frames.job(submodule("engine.job_specs").PreviewJob)
-    assert job.side == 512 and (job.x0, job.y0) == (0, 0)
+    assert frames.framing.side == 512 and (frames.framing.x0, frames.framing.y0) == (0, 0)
     assert torch.is_tensor(torch.from_numpy(label))
 
 

@@ -1,11 +1,12 @@
-"""End to end in Blender: a keyframed FLAME rig rendered to PNGs + MP4, cancelled halfway and resumed; the current
-frame into an image; a mesh extracted onto the head."""
+"""End to end in Blender: the sidebar's render buttons as shortcuts to the render pipeline (the engine itself:
+test_render_engine.py), Esc, the camera warning; a mesh extracted onto the head."""
 
 import math
-import time
+import shutil
 
 import bpy
 import numpy as np
+from mathutils import Matrix
 
 from n3d_helpers import make_scene, submodule
 
@@ -21,103 +22,61 @@ def _animate(arm):
             bones[eye].keyframe_insert("rotation_euler", frame=frame)
 
 
-def _read_png(path):
-    import imageio.v3 as iio
-
-    return iio.imread(path).astype(np.float64)
+def _prefs():
+    return bpy.context.preferences.addons[submodule("blender").ADDON_PACKAGE].preferences
 
 
-def _drain_until(runner, condition, timeout=600):
-    start = time.monotonic()
-    while not condition():
-        assert time.monotonic() - start < timeout, "the worker did not answer in time"
-        if runner.drain() is None and not condition():
-            break
-        time.sleep(0.02)
-
-
-def test_render_cancel_resume(addon, use_tiny, tmp_path):
-    out = tmp_path / "render"
-    arm = make_scene(out)
-    _animate(arm)
-    scene = bpy.context.scene
-    scene.frame_start, scene.frame_end = 1, 20
-    scene.frame_set(3)
-    runner = submodule("blender.runner")
-
-    # Worker path (as with a UI): start, let about half the frames through, cancel.
-    assert bpy.ops.next3d.render_animation(frame_start=1, frame_end=20, mode="ASYNC") == {"FINISHED"}
-    task = runner.active_task()
-    assert not task.finished and bpy.app.timers.is_registered(runner.drain)
-    _drain_until(runner, lambda: task.done >= 10 or task.finished)
-    assert runner.cancel()
-    _drain_until(runner, lambda: task.finished)
-    assert task.cancelled and task.error is None, task.error
-    first_pass = sorted(out.glob("frame_*.png"))
-    assert 10 <= len(first_pass) < 20
-    assert not (out / "video.mp4").exists()
-    assert not list(out.glob(".*.png"))
-    mtimes = {p.name: p.stat().st_mtime_ns for p in first_pass}
-    assert scene.frame_current == 3
-
-    # Resume synchronously (background mode): only the missing frames are rendered, then the video.
-    assert bpy.ops.next3d.render_animation(frame_start=1, frame_end=20) == {"FINISHED"}
-    frames = sorted(out.glob("frame_*.png"))
-    assert [p.name for p in frames] == [f"frame_{n:05d}.png" for n in range(1, 21)]
-    assert all(p.stat().st_mtime_ns == mtimes[p.name] for p in first_pass)
-    assert (out / "video.mp4").stat().st_size > 0
-    assert scene.frame_current == 3
-
-    # The mouth opens between frames 1 and 10: the lower middle of the image changes, well beyond the change
-    # between neighbouring frames (each frame has its own depth-sample noise) and beyond the change at the top.
-    f1, f2, f10 = (_read_png(out / f"frame_{n:05d}.png") for n in (1, 2, 10))
-    assert f1.shape == (64, 64, 3)
-    mouth, top = (slice(36, 56), slice(20, 44)), (slice(4, 20), slice(20, 44))
-    opened = np.abs(f10[mouth] - f1[mouth]).mean()
-    assert opened > 3 * np.abs(f2[mouth] - f1[mouth]).mean()
-    assert opened > 1.5 * np.abs(f10[top] - f1[top]).mean()
-
-
-def test_keyframes_only(addon, use_tiny, tmp_path):
-    out = tmp_path / "keys"
-    arm = make_scene(out)
-    _animate(arm)
-    scene = bpy.context.scene
-    scene.next3d.frame_source = "KEYFRAMES"
-    assert bpy.ops.next3d.render_animation() == {"FINISHED"}
-    assert sorted(p.name for p in out.glob("frame_*.png")) == ["frame_00001.png", "frame_00010.png",
-                                                                "frame_00020.png"]
-    assert (out / "video.mp4").is_file()
-
-
-def test_render_frame_into_image(addon, use_tiny, tmp_path):
+def test_render_frame_is_a_shortcut_to_the_render_pipeline(addon, use_tiny, tmp_path):
+    """Render Frame renders the current frame with the Next3D engine (F12), synchronously under -b."""
     arm = make_scene(tmp_path, size=(48, 32))
     _animate(arm)
-    bpy.context.scene.frame_set(10)
+    scene = bpy.context.scene
+    scene.render.engine = "CYCLES"
+    scene.frame_set(10)
+    engine = submodule("blender.render_engine")
     assert bpy.ops.next3d.render_frame() == {"FINISHED"}
-    image = bpy.data.images["Next3D Render"]
-    assert tuple(image.size) == (48, 32) and image["next3d_frame"] == 10
-    px = np.empty(48 * 32 * 4, np.float32)
-    image.pixels.foreach_get(px)
-    assert px.reshape(32, 48, 4)[..., :3].std() > 0.01
-    assert not list(tmp_path.glob("*.png"))
+    assert scene.render.engine == "NEXT3D"
+    assert engine.STATS["frames"] == 1 and engine.STATS["rendered"] + engine.STATS["kept"] == 1
+    assert not list(tmp_path.glob("*.png"))           # F12 writes nothing
 
 
-def test_camera_warning(addon, use_tiny, tmp_path):
+def test_render_animation_shortcut_writes_the_scenes_output(addon, use_tiny, tmp_path):
+    arm = make_scene(tmp_path / "out", size=(32, 32))
+    _animate(arm)
+    scene = bpy.context.scene
+    scene.render.filepath = str(tmp_path / "out" / "shot_")
+    scene.frame_start, scene.frame_end, scene.frame_step = 1, 20, 10
+    assert bpy.ops.next3d.render_animation() == {"FINISHED"}
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["shot_0001.png", "shot_0011.png"]
+
+
+def test_esc_stops_the_worker_job(addon, use_tiny, tmp_path):
+    """Esc during a render (RenderEngine.test_break) cancels the worker's job: nothing is placed."""
     make_scene(tmp_path)
-    cam = bpy.context.scene.camera
-    cam.location.y -= 3.0           # far behind the training distance
-    cam.data.lens = 20.0            # and a wide lens
-    warnings = []
-    ops = submodule("blender.operators")
-    original = ops.report_task
-    ops.report_task = lambda op, task, extra: warnings.extend(extra + task.warnings)
-    try:
-        assert bpy.ops.next3d.render_frame() == {"FINISHED"}
-    finally:
-        ops.report_task = original
-    text = " ".join(warnings)
-    assert "training distance" in text and "field of view" in text
+    engine = submodule("blender.render_engine")
+    scene = bpy.context.scene
+    shots, _ = engine.shots_of(bpy.context.evaluated_depsgraph_get(), _prefs())
+    shutil.rmtree(engine.frame_cache_dir(), ignore_errors=True)
+    replies, counts = engine.neural_frames(shots, scene, _prefs(), lambda: True, in_process=False)
+    assert counts["cancelled"] and replies == [] and counts["rendered"] == 0
+    replies, counts = engine.neural_frames(shots, scene, _prefs(), lambda: False, in_process=False)
+    assert not counts["cancelled"] and counts["rendered"] == 1 and replies[0]["rgb"].shape == (512, 512, 3)
+
+
+def test_camera_warning(addon, use_tiny, tmp_path, capfd):
+    """The engine warns about the viewing direction only (the side of the head), not about lens or distance."""
+    make_scene(tmp_path)
+    scene = bpy.context.scene
+    scene.render.engine = "NEXT3D"
+    cam = scene.camera
+    cam.data.lens = 20.0                                  # a wide lens, far away: no warning for these
+    cam.location.y -= 3.0
+    assert bpy.ops.render.render() == {"FINISHED"}
+    assert "expect artefacts" not in capfd.readouterr().err
+    cam.matrix_world = Matrix.Rotation(math.radians(60), 4, "Z") @ cam.matrix_world     # from the side
+    assert bpy.ops.render.render() == {"FINISHED"}
+    err = capfd.readouterr().err
+    assert "from the side" in err and "expect artefacts" in err
 
 
 def test_extract_mesh_at_frame_10(addon, use_tiny, tmp_path):

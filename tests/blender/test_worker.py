@@ -29,9 +29,7 @@ def _frontal_frames(numbers):
             "faces": load_builtin_head_data()["faces"].astype(np.int32)}
 
 
-JOB = {"head": {"kind": "default"}, "seed": 1,
-       "truncation_psi": 0.7, "sample_seed": 0, "width": 32, "height": 24, "side": 32, "x0": 0, "y0": 4,
-       "threads": 2}
+JOB = {"head": {"kind": "default"}, "seed": 1, "truncation_psi": 0.7, "sample_seed": 0, "side": 32, "threads": 2}
 
 
 def test_wire_format_round_trip(tmp_path):
@@ -58,58 +56,61 @@ def test_worker_runs_jobs_end_to_end(tiny_model, tmp_path):
         client.submit({"kind": "ping"})
         replies = [h["type"] for h, _ in iter_until_finished(client, 120)]
         assert replies == ["ready", "pong", "finished"]
-        client.submit(_job(tiny_model, kind="preview"), _frontal_frames([7]))
+        cache = tmp_path / "cache"
+        client.submit(_job(tiny_model, kind="neural", frame_cache=str(cache)), _frontal_frames([7]))
         got = {h["type"]: (h, a) for h, a in iter_until_finished(client, 300)}
         assert "error" not in got, got.get("error")
         header, arrays = got["image"]
-        assert header["number"] == 7 and arrays["pixels"].shape == (24, 32, 3)
-        assert arrays["pixels"].dtype == np.uint8 and arrays["pixels"].std() > 0
+        assert header["number"] == 7 and not header["cached"] and arrays["rgb"].shape == (32, 32, 3)
+        assert arrays["rgb"].dtype == np.float32 and arrays["rgb"].std() > 0 and arrays["depth"].ndim == 2
+        # The same frame again comes from the frame cache, the very same pixels.
+        client.submit(_job(tiny_model, kind="neural", frame_cache=str(cache)), _frontal_frames([7]))
+        again = {h["type"]: (h, a) for h, a in iter_until_finished(client, 300)}
+        assert again["image"][0]["cached"] and np.array_equal(again["image"][1]["rgb"], arrays["rgb"])
+        assert again["done"][0]["kept"] == 1 and again["done"][0]["rendered"] == 0
         # A user error comes back as a message, and the worker carries on.
-        client.submit(dict(JOB, kind="preview", model={"source": "project", "path": str(tmp_path / "no.st")}),
+        client.submit(dict(JOB, kind="neural", model={"source": "project", "path": str(tmp_path / "no.st")}),
                       _frontal_frames([1]))
         got = {h["type"]: h for h, _ in iter_until_finished(client, 120)}
         assert got["error"]["user"] and "does not exist" in got["error"]["message"]
-        # Cancelling a render stops it between frames; what was written stays.
-        out = tmp_path / "frames"
-        client.submit(_job(tiny_model, kind="render", out_dir=str(out), sequence_first=1, sequence_last=6),
-                      _frontal_frames(list(range(1, 7))))
+        # Cancelling stops the job between frames.
+        client.submit(_job(tiny_model, kind="neural"), _frontal_frames(list(range(1, 7))))
         types = []
         for header, _ in iter_until_finished(client, 300):
             types.append(header["type"])
             if header["type"] == "frame":
                 client.cancel()
         assert "cancelled" in types and "done" not in types
-        written = sorted(p.name for p in out.glob("frame_*.png"))
-        assert 1 <= len(written) < 6
-        assert not list(out.glob(".*.png"))   # no temporary files left behind
+        assert 1 <= types.count("image") < 6
     finally:
         client.stop()
     assert not client.alive
 
 
 def test_a_model_file_replaced_in_place_is_reloaded_and_not_mixed_with_its_old_frames(addon, tiny_model, tmp_path):
-    """A user who retrains into the same file: the job loads the new weights (not the cached ones) and refuses to
-    resume frames rendered with the old ones."""
+    """A user who retrains into the same file: the job loads the new weights (not the cached ones), and frames
+    cached with the old weights are not used (the weights' digest is part of each frame's digest)."""
     from core.default_model import tiny_builtin_generator
     from core.io.generator_io import save_generator
 
     jobs = submodule("engine.jobs")
-    InputError = submodule("core.errors").InputError  # the extension's vendored copy of core
     model = tmp_path / "model.safetensors"
     model.write_bytes(tiny_model.read_bytes())
-    out = tmp_path / "frames"
-    job = _job(model, kind="render", out_dir=str(out), sequence_first=1, sequence_last=2)
-    jobs.run_job(job, _frontal_frames([1, 2]), lambda *a: None)
-    old = {p.name: p.read_bytes() for p in out.glob("frame_*.png")}
-    assert len(old) == 2
+    job = _job(model, kind="neural", frame_cache=str(tmp_path / "cache"))
+
+    def run():
+        replies = []
+        jobs.run_job(job, _frontal_frames([1, 2]), lambda kind, h, a: replies.append((kind, h, a)))
+        images = [(h["cached"], a["rgb"]) for kind, h, a in replies if kind == "image"]
+        return [c for c, _ in images], [rgb for _, rgb in images]
+
+    cached, old = run()
+    assert cached == [False, False]
+    assert run()[0] == [True, True]
     save_generator(model, tiny_builtin_generator(32, seed=7))
     assert model.stat().st_size == tiny_model.stat().st_size
-    with pytest.raises(InputError, match="other settings.*weights"):
-        jobs.run_job(job, _frontal_frames([1, 2]), lambda *a: None)
-    assert {p.name: p.read_bytes() for p in out.glob("frame_*.png")} == old
-    jobs.run_job(dict(job, overwrite=True), _frontal_frames([1, 2]), lambda *a: None)
-    new = {p.name: p.read_bytes() for p in out.glob("frame_*.png")}
-    assert set(new) == set(old) and new != old
+    cached, new = run()
+    assert cached == [False, False] and not np.array_equal(new[0], old[0])
 
 
 def test_the_engine_checks_the_rigs_topology_against_the_generators(addon, tiny_model):
@@ -120,20 +121,19 @@ def test_the_engine_checks_the_rigs_topology_against_the_generators(addon, tiny_
     frames = _frontal_frames([3])
     frames["faces"] = np.ascontiguousarray(frames["faces"][::-1, [1, 2, 0]])
     replies = []
-    jobs.run_job(_job(tiny_model, kind="preview", rig_name="Head"), frames, lambda *a: replies.append(a[0]))
+    jobs.run_job(_job(tiny_model, kind="neural", rig_name="Head"), frames, lambda *a: replies.append(a[0]))
     assert "image" in replies
     frames["faces"][0, 2] = (frames["faces"][0, 2] + 7) % 5023
     with pytest.raises(InputError, match=r"^The model \(tiny.safetensors\) expects the built-in head \(5023 "
                                          r"vertices, 10034 triangles\); the mesh 'Head' has its 5023 vertices but "
                                          r"other triangles .*: choose Official Next3D"):
-        jobs.run_job(_job(tiny_model, kind="preview", rig_name="Head"), frames, lambda *a: None)
+        jobs.run_job(_job(tiny_model, kind="neural", rig_name="Head"), frames, lambda *a: None)
 
 
 def test_worker_crash_is_an_error_report_not_a_crash(installed, tiny_model, tmp_path):
     client = WorkerClient(sys.executable)
     try:
-        client.submit(_job(tiny_model, kind="render", out_dir=str(tmp_path), sequence_first=1, sequence_last=40),
-                      _frontal_frames(list(range(1, 41))))
+        client.submit(_job(tiny_model, kind="neural"), _frontal_frames(list(range(1, 41))))
         for header, _ in iter_until_finished(client, 300):
             if header["type"] == "begin":
                 os.kill(client.proc.pid, signal.SIGKILL)
@@ -150,7 +150,7 @@ def test_worker_crash_is_an_error_report_not_a_crash(installed, tiny_model, tmp_
 
 
 def test_background_mode_runs_synchronously(addon, use_tiny, tmp_path):
-    """In background mode the operators never start the worker or a timer (timers would never fire)."""
+    """In background mode the render engine runs the generator in this process: no worker, no timer."""
     from n3d_helpers import make_scene
 
     make_scene(tmp_path)
@@ -158,9 +158,29 @@ def test_background_mode_runs_synchronously(addon, use_tiny, tmp_path):
     assert bpy.app.background
     assert bpy.ops.next3d.render_frame() == {"FINISHED"}
     assert not bpy.app.timers.is_registered(runner.drain)
-    assert runner._state["client"] is None
-    assert runner.active_task().finished
-    assert tuple(bpy.data.images["Next3D Render"].size) == (64, 64)
+    assert runner._state["client"] is None and runner._state["render_client"] is None
+    assert submodule("blender.render_engine").STATS["frames"] == 1
+
+
+def test_a_worker_python_without_numpy_is_one_line(installed, tmp_path):
+    """A Worker Python that lacks a package the engine imports: one sentence naming it, no traceback."""
+    import venv
+
+    venv.create(tmp_path / "bare", with_pip=False)        # the base interpreter, no site packages: no numpy
+    python = tmp_path / "bare" / "bin" / "python"
+    client = WorkerClient(str(python))
+    try:
+        client.submit({"kind": "ping"})
+        for header, _ in iter_until_finished(client, 120):
+            last = header
+    finally:
+        client.stop()
+    runner = submodule("blender.runner")
+    task = runner.Task(None, {}, "test")
+    task.handle(last, {})
+    assert task.error == (f"The worker's Python ({python}) cannot import numpy: set 'Worker Python' in the Next3D "
+                          "add-on preferences to an environment with torch and the engine's requirements (e.g. the "
+                          "project's .venv/bin/python), or install numpy there.")
 
 
 def test_bad_worker_python_is_reported(addon, prefs, tmp_path):

@@ -68,15 +68,13 @@ def test_the_worker_side_imports_without_bpy_and_torch():
 def test_jobs_survive_their_wire_form():
     from next3d_blender.core.errors import InputError
     from next3d_blender.engine.heads import HeadSpec
-    from next3d_blender.engine.job_specs import (InvertJob, MeshJob, ModelSpec, PingJob, PreviewJob, RenderJob,
-                                                 job_from_dict)
+    from next3d_blender.engine.job_specs import InvertJob, MeshJob, ModelSpec, NeuralJob, PingJob, job_from_dict
 
     model = ModelSpec(source="project", path="/models/a.safetensors", device="cuda")
     head = HeadSpec("flame", "/flame/generic_model.pkl", "/flame/landmark_embedding.npy")
     jobs = [PingJob(),
-            PreviewJob(model=model, head=head, seed=3, width=48, height=32, side=48, y0=8, threads=2),
-            RenderJob(width=64, height=64, out_dir="/out", fps=25.0, sequence_first=1, sequence_last=40,
-                      keyframes_only=True, latent_path="/avatar/latent.npy", truncation_psi=0.5),
+            NeuralJob(model=model, head=head, seed=3, side=256, frame_cache="/cache/frames", threads=2),
+            NeuralJob(latent_path="/avatar/latent.npy", truncation_psi=0.5, sample_seed=7),
             MeshJob(model=model, resolution=48, level=12.5, sample_seed=7),
             InvertJob(head=head, image_path="/photo.png", out_dir="/avatar", latent_steps=3, tune_steps=2,
                       overwrite=True, vgg16_path="/vgg16.pth")]
@@ -85,15 +83,12 @@ def test_jobs_survive_their_wire_form():
         assert wire["kind"] == job.kind
         assert job_from_dict(wire) == job
     # What a wire dict leaves out (or sends as null) takes the defaults; numbers take the field's type.
-    job = job_from_dict({"kind": "render", "width": 32.0, "height": 24, "seed": None, "extra": "ignored"})
-    assert job == RenderJob(width=32, height=24) and isinstance(job.width, int) and job.write_video
-    assert job.framing() == (32, 0, 0, 32, 24)
+    job = job_from_dict({"kind": "neural", "side": 256.0, "seed": None, "extra": "ignored"})
+    assert job == NeuralJob(side=256) and isinstance(job.side, int) and job.frame_cache == ""
     assert MeshJob(resolution=64.0).resolution == 64 and MeshJob().level is None
-    with pytest.raises(InputError, match="lacks the render size"):
-        job_from_dict({"kind": "preview", "width": 32})
+    with pytest.raises(InputError, match="'side' should be int"):
+        job_from_dict({"kind": "neural", "side": "big"})
     with pytest.raises(InputError, match="Unknown job kind 'paint'"):
         job_from_dict({"kind": "paint"})
     with pytest.raises(InputError, match="'seed' should be int"):
         job_from_dict({"kind": "mesh", "seed": "one"})
-    with pytest.raises(InputError, match="render size 0 x 24 is not usable"):
-        PreviewJob(width=0, height=24).framing()

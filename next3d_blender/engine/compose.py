@@ -61,23 +61,14 @@ def srgb_to_linear(c: np.ndarray) -> np.ndarray:
 
 
 def place(shot: HeadShot, rgb: np.ndarray, depth: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """(premultiplied scene-linear RGBA [H, W, 4], depth [H, W] with inf where the head is not) of one head."""
-    w, h = shot.width, shot.height
-    rgb = np.array(rgb, dtype=np.float32, order="C")     # numpy's memory, whatever gave it (see frame_cache.load)
+    """(premultiplied scene-linear RGBA [H, W, 4], depth [H, W] with inf where the head is not) of one head:
+    framing.head_layer (warp, matte cut to the generator's square, depth) of the linearised image."""
+    # Copies in numpy's own memory, whatever gave them (see frame_cache.load): the same bytes in every process.
+    rgb = np.array(rgb, dtype=np.float32, order="C")
     depth = np.array(depth, dtype=np.float32, order="C")
-    # A fourth channel of ones tells where the generator's square reaches: beyond it (the top of the head in a
-    # close-up, which the training framing crops) there is no picture, so the matte stops there too.
-    warped = framing.warp_to_scene(np.concatenate([rgb, np.ones(rgb.shape[:2] + (1,), np.float32)], axis=2),
-                                   shot.view, w, h)
-    cover = np.clip(warped[..., 3], 0.0, 1.0)
-    colour = warped[..., :3] / np.maximum(cover, 1e-6)[..., None]
-    alpha = np.asarray(framing.head_matte(shot.pixels, shot.faces, w, h), dtype=np.float32) * cover
-    z = framing.depth_to_scene(depth, shot.view, w, h)
-    rgba = np.empty((h, w, 4), dtype=np.float32)
-    rgba[..., :3] = srgb_to_linear(colour) * alpha[..., None]
-    rgba[..., 3] = alpha
-    z = np.where(alpha > 0, z, np.inf).astype(np.float32)
-    return rgba, z
+    rgba, z = framing.head_layer(srgb_to_linear(rgb), depth, shot.view, shot.pixels, shot.faces, shot.width,
+                                 shot.height)
+    return np.asarray(rgba, np.float32), np.asarray(z, np.float32)
 
 
 def composite(layers: Sequence[Tuple[np.ndarray, np.ndarray]], width: int, height: int

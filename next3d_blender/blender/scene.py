@@ -66,7 +66,7 @@ def model_spec(prefs) -> ModelSpec:
         what = "next3d_ffhq_512.pkl" if source == "official" else "the .safetensors model"
         raise InputError(f"The model file {path or '(none)'!r} does not exist. Choose {what} in Next3D > Model "
                          "(add-on preferences), or switch the model to Bundled Default.")
-    return ModelSpec(source=source, path=path, device=prefs.device.lower())
+    return ModelSpec(source=source, path=path, device=prefs.device.lower(), precision=prefs.precision.lower())
 
 
 def photo_avatar_folder(settings) -> Path:
@@ -447,7 +447,8 @@ def avatar_job(scene, prefs, rig_name: str) -> AvatarJob:
     latent_path = ""
     if s.avatar_source == "PHOTO":
         folder = photo_avatar_folder(s)
-        model = ModelSpec(source="project", path=str(folder / AVATAR_MODEL), device=model.device)
+        model = ModelSpec(source="project", path=str(folder / AVATAR_MODEL), device=model.device,
+                          precision=model.precision)
         latent_path = str(folder / AVATAR_LATENT)
     return AvatarJob(model=model, head=spec, cache_dir=cache_dir(), seed=int(s.seed),
                      truncation_psi=float(s.truncation_psi), sample_seed=int(s.sample_seed),

@@ -28,12 +28,13 @@ class ModelSpec:
     source: str = "default"    # default (the bundled model) | official (a .pkl) | project (a .safetensors)
     path: str = ""             # the file, for official and project
     device: str = "cpu"        # cpu | cuda (the CPU, with a warning, when the worker's torch sees no GPU)
+    precision: str = "fp32"    # how the networks compute: fp32 | fp32-fast | bf16 (core/networks/precision.py)
 
     def __post_init__(self) -> None:
         _check_fields(self)
 
     def to_dict(self) -> dict:
-        return {"source": self.source, "path": self.path, "device": self.device}
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelSpec":

@@ -80,8 +80,8 @@ def model_path(model: ModelSpec) -> Optional[str]:
 
 def model_cache_key(model: ModelSpec, device: str) -> tuple:
     """What a model spec's generator is cached under, and the identities made with it: source, path, weights digest
-    (weights replaced in place are reloaded) and device."""
-    return ("model", model.source, model.path, session.file_digest(model_path(model)), device)
+    (weights replaced in place are reloaded), device and precision."""
+    return ("model", model.source, model.path, session.file_digest(model_path(model)), device, model.precision)
 
 
 def load_model(model: ModelSpec, warnings: List[str]):
@@ -96,7 +96,7 @@ def load_model(model: ModelSpec, warnings: List[str]):
         if source not in ("default", "official", "project"):
             raise InputError(f"Unknown model source {source!r}; use default, official or project.")
         loaded = session.load_model(model_path(model), device)
-        return loaded.generator, loaded.description
+        return loaded.generator.set_precision(model.precision), loaded.description
 
     return _cache_get(model_cache_key(model, device), build)
 
@@ -294,8 +294,8 @@ def neural_job(job: NeuralJob, arrays: Dict[str, np.ndarray], emit: Emit, should
             return summary
         seed = frame_seed(job.sample_seed, number)
         digest = frame_digest(vertices=arrays["vertices"][i], landmarks=arrays["landmarks"][i], label=labels[i],
-                              model=[job.model.source, model_key[3]], avatar=avatar.record(), seed=seed, side=side,
-                              description=description)
+                              model=[job.model.source, model_key[3], job.model.precision], avatar=avatar.record(),
+                              seed=seed, side=side, description=description)
         cached = cache.load(digest) if cache is not None else None
         if cached is None:
             if identity is None:

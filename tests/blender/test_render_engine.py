@@ -183,6 +183,28 @@ def test_changing_one_keyframe_renders_exactly_the_frames_it_affects(addon, use_
     assert [before[n] == after[n] for n in range(1, 6)] == [True, True, True, False, False]
 
 
+def test_precision_preference_renders_frames_of_its_own(addon, use_tiny, prefs, tmp_path):
+    """Preferences > Precision reaches the generator: bf16 gives another, close picture, and the frame cache never
+    serves a frame of one precision for the other."""
+    _clear_frame_cache()
+    _, scene = _engine_scene(tmp_path / "p_", size=(64, 64))
+    engine = submodule("blender.render_engine")
+    runs = []
+    try:
+        for name in ("FP32", "BF16", "FP32"):
+            prefs.precision = name
+            shots, _ = engine.shots_of(bpy.context.evaluated_depsgraph_get(), prefs)
+            replies, counts = engine.neural_frames(shots, scene, prefs, lambda: False, in_process=True)
+            runs.append((engine.frame_image(shots, replies, 64, 64)[0], counts["rendered"], counts["kept"]))
+    finally:
+        prefs.precision = "FP32"
+    (fp32, *counts_fp32), (bf16, *counts_bf16), (again, *counts_again) = runs
+    assert counts_fp32 == [1, 0] and counts_bf16 == [1, 0] and counts_again == [0, 1]
+    difference = np.abs(fp32 - bf16)
+    assert 0 < difference.mean() < 0.02, difference.mean()
+    assert np.array_equal(again, fp32)
+
+
 def test_interleaved_chunks_in_two_processes_are_byte_identical(addon, use_tiny, tmp_path):
     arm, scene = _engine_scene(tmp_path / "one" / "f_####", size=(48, 48))
     _jaw(arm, 1, 0.0)

@@ -70,7 +70,7 @@ def test_jobs_survive_their_wire_form():
     from next3d_blender.engine.heads import HeadSpec
     from next3d_blender.engine.job_specs import InvertJob, MeshJob, ModelSpec, NeuralJob, PingJob, job_from_dict
 
-    model = ModelSpec(source="project", path="/models/a.safetensors", device="cuda")
+    model = ModelSpec(source="project", path="/models/a.safetensors", device="cuda", precision="bf16")
     head = HeadSpec("flame", "/flame/generic_model.pkl", "/flame/landmark_embedding.npy")
     jobs = [PingJob(),
             NeuralJob(model=model, head=head, seed=3, side=256, frame_cache="/cache/frames", threads=2),

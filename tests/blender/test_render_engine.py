@@ -395,3 +395,58 @@ def test_keyframes_only_renders_rig_and_camera_keyframes_as_stills(addon, use_ti
     scene.render.image_settings.file_format = "FFMPEG"
     with pytest.raises(RuntimeError, match="writes still images, not a video"):
         bpy.ops.next3d.render_animation()
+
+
+# ------------------------------------------------------------------------------------------------ formats and heads
+
+def test_multilayer_exr_holds_the_combined_and_depth_passes(addon, use_tiny, tmp_path):
+    _, scene = _engine_scene(tmp_path / "exr" / "x_####", size=(64, 48))
+    bpy.context.view_layer.use_pass_z = True
+    settings = scene.render.image_settings
+    if hasattr(settings, "media_type"):          # Blender 5: a multilayer file is a media type of its own
+        settings.media_type = "MULTI_LAYER_IMAGE"
+    settings.file_format = "OPEN_EXR_MULTILAYER"
+    scene.frame_start = scene.frame_end = 3
+    assert bpy.ops.render.render(animation=True) == {"FINISHED"}
+    data = (tmp_path / "exr" / "x_0003.exr").read_bytes()
+    assert data[:4] == b"\x76\x2f\x31\x01"                          # OpenEXR magic
+    header = data[:4096]
+    # The channel list of a multilayer file names view layer, pass and channel.
+    for channel in (b".Combined.A", b".Combined.R", b".Depth.Z"):
+        assert channel in header, (channel, header[:400])
+
+
+def test_every_marked_head_renders_whichever_object_is_active(addon, use_tiny, tmp_path):
+    """Two heads marked Next3D Head side by side, the camera pulled back: both are rendered (one generator image
+    each) and each has its opaque face, whatever is active or selected."""
+    from bpy_extras.object_utils import world_to_camera_view
+
+    _clear_frame_cache()
+    arm, scene = _engine_scene(tmp_path / "two_", size=(128, 64))
+    assert bpy.ops.next3d.add_head() == {"FINISHED"}
+    heads = [o for o in scene.objects if o.type == "MESH" and o.next3d.is_head]
+    assert len(heads) == 2
+    second_arm = heads[1].parent or heads[1]
+    second_arm.location.x += 0.25
+    # The camera between the two heads, moved back along its own view axis.
+    back = scene.camera.matrix_world.to_3x3() @ Vector((0.0, 0.0, 1.0))
+    scene.camera.location = scene.camera.location + Vector((0.125, 0.0, 0.0)) + back * 1.2
+    for obj in scene.objects:
+        obj.select_set(False)
+    bpy.context.view_layer.objects.active = scene.camera
+    bpy.context.view_layer.update()
+    centres = []
+    for head in heads:
+        bpy.context.view_layer.update()
+        world = head.matrix_world @ Vector(np.mean([v.co[:] for v in head.data.vertices], axis=0))
+        v = world_to_camera_view(scene, scene.camera, world)
+        centres.append((int(v.x * 128), int((1 - v.y) * 64)))
+    scene.render.image_settings.color_mode = "RGBA"
+    assert bpy.ops.render.render(write_still=True) == {"FINISHED"}
+    stats = _stats()
+    assert stats["rendered"] + stats["kept"] == 2, stats
+    img = iio.imread(tmp_path / "two_.png")
+    alpha = img[..., 3].astype(np.float64) / np.iinfo(img.dtype).max
+    for x, y in centres:
+        assert alpha[y - 1:y + 2, x - 1:x + 2].min() > 0.99, (x, y, alpha[y - 3:y + 4, x - 3:x + 4])
+    assert alpha[:, :4].max() == 0 and alpha[:, -4:].max() == 0

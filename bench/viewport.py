@@ -7,7 +7,7 @@ which is then placed), the seconds per new frame and frames per second while the
 the cache), the frames per second of frames read back from the cache (scrubbing over frames seen before), and the
 cost of placing one picture at the viewport's size. Never asserts.
 
-    .venv/bin/python bench/viewport.py [--size 960x540] [--frames 6] [--threads 0]
+    .venv/bin/python bench/viewport.py [--size 960x540] [--frames 6] [--threads 0] [--precision fp32]
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 from core.flame.mesh_pose import MeshHead  # noqa: E402
 from next3d_blender.engine import compose, convert, framing  # noqa: E402
 from next3d_blender.engine.heads import HeadSpec, head_arrays  # noqa: E402
-from next3d_blender.engine.job_specs import NeuralJob  # noqa: E402
+from next3d_blender.engine.job_specs import ModelSpec, NeuralJob  # noqa: E402
 from next3d_blender.engine.worker import WorkerClient, iter_until_finished  # noqa: E402
 
 
@@ -77,11 +77,14 @@ def main() -> None:
     ap.add_argument("--size", default="960x540", help="viewport size WxH in pixels")
     ap.add_argument("--frames", type=int, default=6, help="new frames to time while orbiting")
     ap.add_argument("--threads", type=int, default=0, help="torch threads in the worker (0: torch's default)")
+    ap.add_argument("--precision", default="fp32", choices=("fp32", "fp32-fast", "bf16"),
+                    help="Preferences > Precision")
     args = ap.parse_args()
     width, height = (int(x) for x in args.size.lower().split("x"))
     base = head_frame()
     cache = tempfile.mkdtemp(prefix="next3d-viewport-bench-")
-    job = NeuralJob(side=framing.DEFAULT_SIDE, frame_cache=cache, threads=args.threads)
+    job = NeuralJob(model=ModelSpec(precision=args.precision), side=framing.DEFAULT_SIDE, frame_cache=cache,
+                    threads=args.threads)
     client = WorkerClient(sys.executable)
     try:
         first_shot = shot(base, width, height, 0.0)
@@ -96,7 +99,8 @@ def main() -> None:
     finally:
         client.stop()
     print(json.dumps({
-        "viewport": f"{width}x{height}", "side": framing.DEFAULT_SIDE, "cpus": os.cpu_count(),
+        "viewport": f"{width}x{height}", "side": framing.DEFAULT_SIDE, "precision": args.precision,
+        "cpus": os.cpu_count(),
         "load_average": [round(x, 2) for x in os.getloadavg()],
         "time_to_first_pixel_s": round(first, 2),
         "new_frame_s": round(statistics.median(new), 3), "new_frames_per_s": round(1.0 / statistics.median(new), 2),

@@ -27,7 +27,7 @@ import numpy as np
 
 from ..core.errors import InputError
 from . import convert
-from .matte import FEATHER, WIDEN, composite_by_depth, head_matte  # noqa: F401 - re-exported for the render engine
+from .matte import FEATHER, WIDEN, backdrop_key, composite_by_depth, head_matte  # noqa: F401 - re-exported
 
 # The official FFHQ-512 values (core.rendering.camera FFHQ_RADIUS / FFHQ_PIVOT, core.training.synthetic.FFHQ_FOCAL,
 # core.flame.conversions.OFFICIAL_PLACEMENT); tests/core/test_framing.py checks they agree with core's.
@@ -48,6 +48,8 @@ TRAINED_PITCH_DEG = 30.0
 NEAR = 1e-3
 # The generator's square ends where the FFHQ crop ends: alpha fades out over this fraction of its side at the edge.
 SQUARE_FEATHER = 0.04
+# The rig's own silhouette, which the backdrop key never cuts, is feathered over this fraction of the head's size.
+CORE_FEATHER = 0.02
 
 
 class HeadOutOfView(InputError):
@@ -111,6 +113,7 @@ class VirtualView:
     scene_size: Tuple[int, int] = (0, 0)   # the scene render (width, height) to_scene refers to
     scene_axis: Tuple[float, float, float] = (0.0, 0.0, 1.0)   # the scene camera's view axis, virtual camera axes
     pivot_depth: float = 0.0  # the head pivot's generator z depth (world units): the virtual camera's distance to it
+    centre_depth: float = 0.0  # the generator z depth (world units) of the centre of the head's vertices' box
 
     @property
     def pixel_intrinsics(self) -> np.ndarray:
@@ -287,12 +290,14 @@ def virtual_view(scene_cam2world: np.ndarray, params: "convert.CameraParams", ve
     depth_scale = float(head_scale) * cos / train.scale
     z_pivot_scene = float(w2c_s[2, :3] @ pivot_h + w2c_s[2, 3]) * float(head_scale)
     depth_offset = z_pivot_scene - depth_scale * t
+    w2c_v = np.linalg.inv(c2w_v)
+    centre_depth = float(w2c_v[2, :3] @ centre_h + w2c_v[2, 3]) * train.scale
     yaw, pitch = view_angles(direction)
     return VirtualView(cam2world=c2w_v.astype(np.float32), intrinsics=k_norm.astype(np.float32), side=int(side),
                        to_scene=to_scene, depth_scale=depth_scale, depth_offset=depth_offset, yaw_pitch=(yaw, pitch),
                        warning=direction_warning(yaw, pitch), residual_px=residual,
                        scene_size=(int(params.width), int(params.height)), scene_axis=tuple(float(a) for a in axis),
-                       pivot_depth=float(t))
+                       pivot_depth=float(t), centre_depth=centre_depth)
 
 
 # ------------------------------------------------------------------------------------------------ images
@@ -476,6 +481,14 @@ def head_layer(image: np.ndarray, depth: Optional[np.ndarray], view: VirtualView
     warped = _warp_box(src, m, box)
     cover = np.clip(warped[..., 3], 0.0, 1.0)
     alpha = matte[y0:y1, x0:x1] * np.clip(warped[..., 4], 0.0, 1.0)
+    if depth is not None:
+        # Around the rig's own silhouette, the widening takes in hair but also some of the generator's backdrop: its
+        # depth tells them apart there (never on the silhouette itself, which is the head whatever the depth says).
+        key = backdrop_key(generator_z_depth(depth, view), view.centre_depth).astype(np.float32)
+        key_src, key_map = _image_to_scene(key[..., None], view)
+        keyed = np.clip(_warp_box(key_src, key_map, box)[..., 0], 0.0, 1.0)
+        core = head_matte(pixels, faces, width, height, widen=0.0, feather=CORE_FEATHER)[y0:y1, x0:x1]
+        alpha = alpha * np.maximum(core, keyed)
     # warp fades colour and coverage together at the square's edge: colour / cover is the true colour.
     rgba[y0:y1, x0:x1, :3] = warped[..., :3] * (alpha / np.maximum(cover, 1e-6))[..., None]
     rgba[y0:y1, x0:x1, 3] = alpha

@@ -1,9 +1,10 @@
 """Alpha and depth compositing for heads rendered into a scene (docs/camera.md#the-matte).
 
 The generator draws a whole FFHQ-like picture (background included) and its density gives no usable cut-out: an
-EG3D volume renders the background inside the same volume. So the matte is geometric: the rig's silhouette in the
-scene camera (its triangles rasterized), widened by a fraction of the projected head's size to take in the hair,
-and feathered over another fraction. numpy only (Blender's Python runs it).
+EG3D volume renders the background inside the same volume. So the matte is first geometric: the rig's silhouette in
+the scene camera (its triangles rasterized), widened by a fraction of the projected head's size to take in the hair,
+and feathered over another fraction. Inside it, the generator's depth keys out its backdrop (`backdrop_key`: the
+background lies behind the head). numpy only (Blender's Python runs it).
 """
 
 from __future__ import annotations
@@ -17,6 +18,44 @@ from ..core.errors import InputError
 WIDEN = 0.05      # fraction of the head's projected size (the larger side of its bounding box) added around it
 FEATHER = 0.06    # fraction of that size over which alpha falls from 1 to 0
 WORK_SIZE = 192   # the matte is computed with the head this many cells across, then resampled (it is smooth)
+KEY_RAMP = 0.25   # the backdrop key falls from 1 to 0 over this fraction of the gap between head and backdrop depth
+
+
+def _otsu(values: np.ndarray, bins: int = 64) -> float:
+    """The threshold that best splits values into two groups (Otsu: the largest between-group variance)."""
+    hist, edges = np.histogram(values, bins=bins)
+    centres = 0.5 * (edges[:-1] + edges[1:])
+    w0 = np.cumsum(hist)
+    w1 = w0[-1] - w0
+    s0 = np.cumsum(hist * centres)
+    m0 = s0 / np.maximum(w0, 1)
+    m1 = (s0[-1] - s0) / np.maximum(w1, 1)
+    between = w0 * w1 * (m0 - m1) ** 2
+    return float(edges[int(np.argmax(between[:-1])) + 1])
+
+
+def backdrop_key(z: np.ndarray, centre_depth: float) -> np.ndarray:
+    """[R, R] in [0, 1]: 0 where the generator drew its backdrop, 1 where it drew the head, from its depth image z
+    (along the virtual camera's axis, world units). An EG3D volume renders the background too, but behind the head:
+    the depths fall in two groups (Otsu's split). The far group is taken for a backdrop only when it lies, on
+    average, behind the head's centre (centre_depth), so a close-up whose square holds only face and hair keeps all
+    of it; and the split never falls in front of that centre, so the face, ears and hair in front of it stay."""
+    z = np.asarray(z, dtype=np.float64)
+    finite = z[np.isfinite(z)]
+    ones = np.ones(z.shape, dtype=np.float32)
+    if finite.size < 4 or float(finite.max() - finite.min()) <= 0:
+        return ones
+    split = _otsu(finite)
+    near, far = finite[finite < split], finite[finite >= split]
+    if not near.size or not far.size or float(far.mean()) <= centre_depth:
+        return ones
+    split = max(split, float(centre_depth))      # never into the head's front half
+    ramp = max(KEY_RAMP * float(far.mean() - near.mean()), 1e-6)
+    key = np.where(np.isfinite(z), np.clip((split + 0.5 * ramp - z) / ramp, 0.0, 1.0), 0.0)
+    # A 3 x 3 average: the depth image is coarse (the neural rendering's resolution), its key's steps would show.
+    padded = np.pad(key, 1, mode="edge")
+    key = sum(padded[i:i + key.shape[0], j:j + key.shape[1]] for i in range(3) for j in range(3)) / 9.0
+    return key.astype(np.float32)
 
 
 def _rasterize(tri: np.ndarray, nx: int, ny: int) -> np.ndarray:

@@ -515,3 +515,42 @@ def test_framing_imports_without_torch():
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_backdrop_key_removes_the_generators_backdrop_behind_the_head():
+    """A head (a disc of depths 2.55-2.75 about a centre at 2.78) in front of a backdrop at 2.88: 1 on the head, 0 on
+    the backdrop. A close-up whose square holds only the head (depths in front of its centre) keeps everything."""
+    r = 32
+    yy, xx = np.mgrid[0:r, 0:r] + 0.5
+    dist = np.hypot(xx - r / 2, yy - r / 2) / (r / 2)
+    head = dist < 0.6
+    z = np.where(head, 2.55 + 0.2 * dist / 0.6, 2.88)
+    key = framing.backdrop_key(z, centre_depth=2.78)
+    assert key.shape == (r, r) and key.dtype == np.float32
+    assert key[dist < 0.45].min() > 0.99 and key[dist > 0.8].max() < 0.01
+    assert np.all(np.diff(key[r // 2, r // 2:]) <= 1e-6)          # falls off outwards, no holes
+    close_up = 2.55 + 0.2 * dist / dist.max()
+    assert framing.backdrop_key(close_up, centre_depth=2.78).min() == 1.0
+    assert framing.backdrop_key(np.full((r, r), 2.7), centre_depth=2.78).min() == 1.0
+
+
+def test_head_layer_keys_out_the_backdrop_inside_the_matte(head):
+    """With a generator depth image whose border is far behind the head, the layer is transparent there even where
+    the widened silhouette reaches."""
+    name, lens, location, rotation, (w, h) = PORTRAIT
+    w, h = w // 4, h // 4
+    vertices, faces, landmarks = head
+    c2w, params = _in_head_space(location, rotation), _params(lens, w, h)
+    view = framing.virtual_view(c2w, params, vertices)
+    image = np.full((64, 64, 3), 0.5, np.float32)
+    pixels = framing.head_pixels(vertices, c2w, params)
+    near = np.full((16, 16), view.pivot_depth, np.float32)
+    keyed = near.copy()
+    keyed[:, :2] = keyed[:, -2:] = view.centre_depth + 0.5       # the backdrop, left and right of the head
+    plain, _ = framing.head_layer(image, near, view, pixels, faces, w, h)
+    cut, _ = framing.head_layer(image, keyed, view, pixels, faces, w, h)
+    assert np.all(cut[..., 3] <= plain[..., 3] + 1e-6)
+    assert cut[..., 3].sum() < plain[..., 3].sum()
+    face = convert.project_points(landmarks, c2w, convert.intrinsics_pixels(params)).astype(int)
+    ok = (face[:, 0] >= 0) & (face[:, 0] < w) & (face[:, 1] >= 0) & (face[:, 1] < h)
+    assert np.allclose(cut[face[ok, 1], face[ok, 0], 3], plain[face[ok, 1], face[ok, 0], 3])

@@ -410,7 +410,8 @@ class NEXT3D_OT_avatar_from_photo(_JobOperator, Operator):
     bl_label = "Avatar from Photo"
     bl_options = {"REGISTER", "UNDO"}
 
-    filepath: StringProperty(name="Portrait", description="A photo with one face (PNG or JPEG)", subtype="FILE_PATH")
+    filepath: StringProperty(name="Portrait", description="A photo (PNG or JPEG) with the face to turn into an avatar",
+                             subtype="FILE_PATH")
     filter_image: BoolProperty(default=True, options={"HIDDEN", "SKIP_SAVE"})
     filter_folder: BoolProperty(default=True, options={"HIDDEN", "SKIP_SAVE"})
     directory_out: StringProperty(name="Avatar Folder", description="Where the avatar is written (empty: beside "
@@ -420,6 +421,8 @@ class NEXT3D_OT_avatar_from_photo(_JobOperator, Operator):
                               default=450, min=0, max=5000)
     tune_steps: IntProperty(name="Tuning Steps", description="Steps fine-tuning the model (the paper: 500)",
                             default=500, min=0, max=5000)
+    face: IntProperty(name="Face", description="Which face of a photo with several, numbered from 1 left to right "
+                      "(0: the largest)", default=0, min=0, max=999)
     apply_shape: BoolProperty(name="Apply Face Shape", description="Set the selected rig's shape keys to the "
                               "fitted FLAME shape", default=True)
     overwrite: BoolProperty(name="Overwrite", description="Replace an avatar already in the folder", default=False,
@@ -442,7 +445,7 @@ class NEXT3D_OT_avatar_from_photo(_JobOperator, Operator):
             spec = head_spec(prefs)
             model = model_spec(prefs)
             job = InvertJob(model=model, head=spec, cache_dir=cache_dir(), image_path=image_path, out_dir=str(folder),
-                            latent_steps=int(self.latent_steps), tune_steps=int(self.tune_steps),
+                            face=int(self.face), latent_steps=int(self.latent_steps), tune_steps=int(self.tune_steps),
                             seed=int(scene.next3d.seed), overwrite=bool(self.overwrite),
                             vgg16_path=bpy.path.abspath(prefs.vgg16_path) if prefs.vgg16_path else "",
                             lpips_path=bpy.path.abspath(prefs.lpips_path) if prefs.lpips_path else "",

@@ -113,6 +113,7 @@ class InvertJob(EngineJob):
 
     image_path: str = ""
     out_dir: str = ""
+    face: int = 0                      # which face of a photo with several, 1 = leftmost; 0: the largest
     seed: int = 0
     latent_steps: int = 450            # the paper's
     tune_steps: int = 500              # the paper's

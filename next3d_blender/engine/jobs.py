@@ -372,7 +372,10 @@ def invert_job(job: InvertJob, arrays: Dict[str, np.ndarray], emit: Emit, should
         emit("warning", {"message": w}, None)
     image = read_image(image_path)
     emit("begin", {"total": 0, "description": "detecting the face and fitting FLAME"}, None)
-    portrait = preprocess_portrait(image, flame, resolution=generator.config.image_resolution, source=image_path)
+    portrait = preprocess_portrait(image, flame, resolution=generator.config.image_resolution, source=image_path,
+                                   face=job.face or None)
+    if portrait.faces_note:
+        emit("warning", {"message": portrait.faces_note}, None)
     for w in portrait.warnings:
         emit("warning", {"message": w}, None)
     perceptual = None

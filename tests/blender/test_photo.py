@@ -72,3 +72,30 @@ def test_missing_photo_and_missing_avatar_folder(addon, use_tiny, tmp_path):
     settings.avatar_folder = str(tmp_path / "empty")
     with pytest.raises(RuntimeError, match="Avatar from Photo"):
         bpy.ops.next3d.render_frame()
+
+
+def test_avatar_from_a_photo_with_two_faces_takes_the_chosen_one(addon, use_tiny, tmp_path):
+    """Two people side by side, the larger one on the right: Face picks one by its number from the left (not the
+    largest); a number beyond them is a one-line error naming how many there are, and nothing is written."""
+    from skimage import data
+    from skimage.transform import rescale
+
+    face = data.astronaut()[:300, 100:400]
+    small = (rescale(face, 0.6, channel_axis=2) * 255).astype(np.uint8)
+    small[:] = small.mean(axis=2, keepdims=True).astype(np.uint8)      # the left one in grey: which was taken shows
+    photo = np.full((300, 520, 3), 90, np.uint8)
+    photo[60:60 + small.shape[0], 20:20 + small.shape[1]] = small
+    photo[:, 220:520] = face
+    path = _write(tmp_path / "two.png", photo)
+    folder = tmp_path / "avatar"
+    with pytest.raises(RuntimeError, match="no face 3 .*2 faces|no face 3 .*Choose --face 1 to 2"):
+        bpy.ops.next3d.avatar_from_photo(filepath=str(path), directory_out=str(folder), face=3, latent_steps=1,
+                                         tune_steps=0)
+    assert not folder.exists() or not any(folder.iterdir())
+    assert bpy.ops.next3d.avatar_from_photo(filepath=str(path), directory_out=str(folder), face=1, latent_steps=1,
+                                            tune_steps=0, apply_shape=False) == {"FINISHED"}
+    assert (folder / "avatar.safetensors").is_file()
+    import imageio.v3 as iio
+
+    target = iio.imread(folder / "target.png").astype(np.float64)      # the aligned crop the avatar was fitted to
+    assert np.abs(target - target.mean(axis=2, keepdims=True)).mean() < 2.0, "face 1 (the grey one) was not taken"

@@ -181,6 +181,18 @@ class _JobOperator:
     _task = None
     _warnings = ()
 
+    def _finish_or_watch(self, context, task, warnings, stopped: str, done):
+        """A job that already ended (under -b, or run at once): its reports, CANCELLED with `stopped` when it was
+        cancelled, else FINISHED with done() (the message once the result is there). A running one: watched."""
+        if not task.finished:
+            return self._go_modal(context, task, warnings)
+        report_task(self, task, warnings)
+        if task.cancelled:
+            self.report({"WARNING"}, stopped)
+            return {"CANCELLED"}
+        self.report({"INFO"}, done())
+        return {"FINISHED"}
+
     # With a UI: watch for Esc and report the job's outcome when it ends.
     def _go_modal(self, context, task, warnings):
         self._task, self._warnings = task, warnings
@@ -470,15 +482,9 @@ class NEXT3D_OT_avatar_from_photo(_JobOperator, Operator):
         except Next3DError as exc:
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
-        if task.finished:
-            report_task(self, task, [])
-            if task.cancelled:
-                self.report({"WARNING"}, "Avatar from photo: stopped; nothing was written")
-                return {"CANCELLED"}
-            self.report({"INFO"}, f"Avatar written to {task.summary.get('out_dir')} "
-                        f"(PSNR {task.summary.get('psnr', 0.0):.1f} dB)")
-            return {"FINISHED"}
-        return self._go_modal(context, task, [])
+        return self._finish_or_watch(context, task, [], "Avatar from photo: stopped; nothing was written",
+                                     lambda: f"Avatar written to {task.summary.get('out_dir')} "
+                                             f"(PSNR {task.summary.get('psnr', 0.0):.1f} dB)")
 
 
 # ------------------------------------------------------------------------------------------------ meshes
@@ -511,11 +517,9 @@ class NEXT3D_OT_extract_mesh(_JobOperator, Operator):
         except Next3DError as exc:
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
-        if task.finished:
-            report_task(self, task, frames.warnings)
-            self.report({"INFO"}, f"Extracted {len(builder.objects)} mesh(es)")
-            return {"FINISHED"}
-        return self._go_modal(context, task, frames.warnings)
+        return self._finish_or_watch(context, task, frames.warnings, "Extract mesh: stopped",
+                                     lambda: f"Extracted {len(builder.objects)} mesh(es), {len(builder.replaced)} "
+                                             "replacing earlier ones")
 
 
 CLASSES = (NEXT3D_OT_add_head, NEXT3D_OT_reset_expression, NEXT3D_OT_reset_shape, NEXT3D_OT_random_shape,

@@ -34,7 +34,7 @@ from ..core.errors import InputError, Next3DError
 from ..engine.heads import head_info
 from ..engine.performance_job import LIVE_LINK_SUFFIX, Animation, TrackJob, coefficient_notes, read_animation, resample
 from . import ADDON_PACKAGE, rig, runner
-from .operators import _JobOperator, report_task, synchronous
+from .operators import _JobOperator, synchronous
 from .preferences import get_preferences
 from .scene import cache_dir, check_writable, head_spec
 
@@ -394,14 +394,8 @@ class NEXT3D_OT_import_performance(_JobOperator, Operator):
         except Next3DError as exc:
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
-        if task.finished:
-            report_task(self, task, [])
-            if task.cancelled:
-                self.report({"WARNING"}, "Import Performance: stopped; nothing was keyed")
-                return {"CANCELLED"}
-            self.report({"INFO"}, task.status)
-            return {"FINISHED"}
-        return self._go_modal(context, task, [])
+        return self._finish_or_watch(context, task, [], "Import Performance: stopped; nothing was keyed",
+                                     lambda: task.status)
 
     def _track(self, context, path: Path, the_rig: rig.Rig, options: dict) -> runner.Task:
         """Track the clip in the engine; the rig is keyed from the written animation when the job ends."""

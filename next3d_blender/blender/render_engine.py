@@ -50,15 +50,16 @@ def frame_cache_dir() -> str:
     return os.path.join(base, "frames") if base else str(frame_cache.default_folder())
 
 
-def shots_of(depsgraph, prefs, side: int = SIDE) -> Tuple[List[compose.HeadShot], List[str]]:
-    """The heads of the depsgraph's view layer at its frame, each with its virtual camera."""
+def shots_of(depsgraph, prefs, side: int = SIDE, camera=None) -> Tuple[List[compose.HeadShot], List[str]]:
+    """The heads of the depsgraph's view layer at its frame, each with its virtual camera, seen by the scene camera
+    or by `camera` (the viewport's view: scene.read_head)."""
     scn = depsgraph.scene
     spec = scene.head_spec(prefs)
     posing, topology = scene.mesh_head(spec, scene.cache_dir())
     label = scene.model_label(prefs)
     shots, warnings = [], []
     for head in scene.render_heads(scn, depsgraph.view_layer):
-        inputs = scene.read_head(depsgraph, head, posing, topology, label)
+        inputs = scene.read_head(depsgraph, head, posing, topology, label, camera=camera)
         warnings += inputs.warnings
         shot = compose.plan_head(head.mesh.name, inputs.arrays, inputs.params, inputs.head_scale, side,
                                  skull=posing.skull)
@@ -68,14 +69,19 @@ def shots_of(depsgraph, prefs, side: int = SIDE) -> Tuple[List[compose.HeadShot]
     return shots, warnings
 
 
+def neural_job(scn, prefs, shot: compose.HeadShot) -> NeuralJob:
+    """The neural job of one head's shot: the scene's avatar settings, at the shot's square side, cached."""
+    avatar = scene.avatar_job(scn, prefs, shot.name)
+    return NeuralJob(**{f.name: getattr(avatar, f.name) for f in fields(avatar)}, side=shot.view.side,
+                     frame_cache=frame_cache_dir())
+
+
 def neural_frames(shots: List[compose.HeadShot], scn, prefs, should_stop, in_process: bool,
                   on_head=None) -> Tuple[List[Dict[str, np.ndarray]], dict]:
     """The generator's reply (rgb, depth) per shot, from the cache where nothing changed; (replies, counts)."""
     replies, counts = [], {"kept": 0, "rendered": 0, "cancelled": False}
     for k, shot in enumerate(shots):
-        avatar = scene.avatar_job(scn, prefs, shot.name)
-        job = NeuralJob(**{f.name: getattr(avatar, f.name) for f in fields(avatar)},
-                        side=shot.view.side, frame_cache=frame_cache_dir())
+        job = neural_job(scn, prefs, shot)
         got: Dict[str, np.ndarray] = {}
 
         def on_reply(header, arrays, got=got):

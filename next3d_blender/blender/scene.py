@@ -211,28 +211,22 @@ def mesh_head(spec: HeadSpec, cache: str) -> Tuple[MeshHead, Tuple[int, np.ndarr
 
 # ------------------------------------------------------------------------------------------------ frames
 
-def _vertices(obj, depsgraph) -> np.ndarray:
-    """The evaluated mesh's vertices in its own coordinates [N, 3]."""
+def _evaluated_mesh(obj, depsgraph, triangles: bool = True) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """The evaluated mesh's vertices in its own coordinates [N, 3] and, when asked, its triangles [T, 3] (Blender's
+    triangulation of its polygons), from one evaluated copy of the mesh."""
     evaluated = obj.evaluated_get(depsgraph)
     mesh = evaluated.to_mesh()
     try:
         co = np.empty(len(mesh.vertices) * 3, dtype=np.float32)
         mesh.vertices.foreach_get("co", co)
+        tris = None
+        if triangles:
+            tris = np.empty(len(mesh.loop_triangles) * 3, dtype=np.int32)
+            mesh.loop_triangles.foreach_get("vertices", tris)
+            tris = tris.reshape(-1, 3)
     finally:
         evaluated.to_mesh_clear()
-    return co.reshape(-1, 3).astype(np.float64)
-
-
-def _triangles(obj, depsgraph) -> np.ndarray:
-    """The evaluated mesh's triangles [T, 3] (Blender's triangulation of its polygons)."""
-    evaluated = obj.evaluated_get(depsgraph)
-    mesh = evaluated.to_mesh()
-    try:
-        tris = np.empty(len(mesh.loop_triangles) * 3, dtype=np.int32)
-        mesh.loop_triangles.foreach_get("vertices", tris)
-    finally:
-        evaluated.to_mesh_clear()
-    return tris.reshape(-1, 3)
+    return co.reshape(-1, 3).astype(np.float64), tris
 
 
 def _basis(obj) -> np.ndarray:
@@ -293,9 +287,9 @@ def collect_frames(context, head: rig.Rig, numbers: List[int], model: MeshHead, 
         for number in numbers:
             scene.frame_set(int(number))
             depsgraph = context.evaluated_depsgraph_get()
-            vertices = _vertices(head.mesh, depsgraph)
+            vertices, triangles = _evaluated_mesh(head.mesh, depsgraph, triangles=faces is None)
             if faces is None:
-                faces = _triangles(head.mesh, depsgraph)
+                faces = triangles
                 _check_topology(head.mesh, vertices, faces, model_topology, label, mesh_label)
             elif len(vertices) != len(posed[0]):
                 raise InputError(f"{mesh_label} has {len(vertices)} vertices at frame {number} but "
@@ -314,7 +308,7 @@ def collect_frames(context, head: rig.Rig, numbers: List[int], model: MeshHead, 
             with rest_position(armatures):
                 for number in numbers if armatures else ():
                     scene.frame_set(int(number))
-                    rest.append(_vertices(head.mesh, context.evaluated_depsgraph_get()))
+                    rest.append(_evaluated_mesh(head.mesh, context.evaluated_depsgraph_get(), triangles=False)[0])
         except ReadOnlyArmature:
             rest = []
             warnings.append(f"The armature of {mesh_label} cannot be put in its rest position (linked from a "
@@ -411,8 +405,7 @@ def read_head(depsgraph, head: rig.Rig, model: MeshHead, model_topology: Tuple[i
     usable camera."""
     scene = depsgraph.scene
     mesh_label = f"the mesh {head.mesh.name!r}"
-    posed = _vertices(head.mesh, depsgraph)
-    faces = _triangles(head.mesh, depsgraph)
+    posed, faces = _evaluated_mesh(head.mesh, depsgraph)
     _check_topology(head.mesh, posed, faces, model_topology, label, mesh_label)
     rest = key_mix(head.mesh, depsgraph) if rig.deforming_armatures(head.mesh) else posed
     world = convert.matrix_to_numpy(head.mesh.evaluated_get(depsgraph).matrix_world)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import collections
 import time
-from dataclasses import fields
 from typing import Dict, List, Optional, Tuple
 
 import bpy
@@ -29,7 +28,7 @@ from ..engine import compose, convert
 from ..engine.frame_cache import frame_digest
 from ..engine.job_specs import NeuralJob
 from ..engine.worker import WorkerClient, WorkerError, exit_message
-from . import runner, scene
+from . import runner
 from .preferences import get_preferences
 
 POLL_INTERVAL = 0.05
@@ -180,25 +179,11 @@ LIVE = LiveRender()
 
 def viewport_shots(depsgraph, region, region_data, prefs) -> Tuple[List[compose.HeadShot], List[NeuralJob]]:
     """The heads of the viewport's view layer seen by the viewport's view, and their neural jobs."""
-    from .render_engine import SIDE, frame_cache_dir
+    from .render_engine import neural_job, shots_of
 
     camera = viewport_camera(region_data.view_matrix, region_data.window_matrix, region.width, region.height)
-    scn = depsgraph.scene
-    spec = scene.head_spec(prefs)
-    posing, topology = scene.mesh_head(spec, scene.cache_dir())
-    label = scene.model_label(prefs)
-    shots, jobs = [], []
-    for head in scene.render_heads(scn, depsgraph.view_layer):
-        inputs = scene.read_head(depsgraph, head, posing, topology, label, camera=camera)
-        shot = compose.plan_head(head.mesh.name, inputs.arrays, inputs.params, inputs.head_scale, SIDE,
-                                 skull=posing.skull)
-        if shot is None:
-            continue
-        avatar = scene.avatar_job(scn, prefs, head.mesh.name)
-        shots.append(shot)
-        jobs.append(NeuralJob(**{f.name: getattr(avatar, f.name) for f in fields(avatar)}, side=SIDE,
-                              frame_cache=frame_cache_dir()))
-    return shots, jobs
+    shots, _ = shots_of(depsgraph, prefs, camera=camera)
+    return shots, [neural_job(depsgraph.scene, prefs, shot) for shot in shots]
 
 
 def _tick() -> Optional[float]:

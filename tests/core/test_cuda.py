@@ -14,18 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-from core.networks.next3d import Next3DConfig, Next3DGenerator
-from core.rendering.volume import RandomDraws
 from core.training.loop import TrainingOptions, load_training_state, train
 from core.training.synthetic import StandInHeadSampler, generate_dataset
+from reference_model import check_stages, reference_generator, run_case  # tests/core is on sys.path
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="needs a CUDA GPU; bench/gpu_check.sh runs these on a machine with one")
-
-FLOAT16_STAGES = ("textures", "mouth_plane", "blend_out", "static_plane")
-EXACT_STAGES = ("raster_view0", "raster_view1", "raster_view2", "raster_view3", "alpha_views", "mouth_in",
-                "mouth_patch", "ray_origins", "ray_directions", "render_weight_sum", "sr_in_rgb", "sr_in_feat")
-
 
 @pytest.fixture(autouse=True)
 def float32_on_the_gpu():
@@ -37,41 +31,18 @@ def float32_on_the_gpu():
 
 @pytest.fixture(scope="module")
 def gpu_generator(reference_dir):
-    weights = np.load(reference_dir / "state_dict.npz")
-    g = Next3DGenerator(Next3DConfig(channel_base=2048, channel_max=32)).eval()
-    g.load_state_dict({k: torch.from_numpy(weights[k]) for k in weights.files if k != "uv_face_mask"}, strict=True)
-    g.uv_face_mask.copy_(torch.from_numpy(weights["uv_face_mask"]))
-    return g.cuda()
+    return reference_generator(reference_dir).cuda()
 
 
 @pytest.mark.parametrize("case", ["case0", "case1"])
 def test_reference_parity_on_the_gpu(gpu_generator, reference_dir, case):
-    d = np.load(reference_dir / f"{case}.npz")
-    t = lambda k: torch.from_numpy(d[k]).cuda()  # noqa: E731
-    cutoff = int(d["truncation_cutoff"])
-    record = {}
-    with torch.no_grad():
-        ws = gpu_generator.mapping(t("z"), t("c_cond"), truncation_psi=float(d["truncation_psi"]),
-                                   truncation_cutoff=None if cutoff < 0 else cutoff)
-        out = gpu_generator.synthesis(ws, t("c"), t("v"), draws=RandomDraws(t("rand_stratified"), t("rand_pdf")),
-                                      record=record)
+    d, ws, out, record = run_case(gpu_generator, reference_dir, case, device="cuda")
     assert out.image.device.type == "cuda"
     np.testing.assert_allclose(ws.cpu().numpy(), d["ws"], rtol=0, atol=1e-4)
     for name, bound in (("image_raw", 1e-3), ("image_depth", 1e-3), ("image", 1e-2)):
         worst = np.abs(getattr(out, name).cpu().numpy() - d[name]).max()
         assert worst <= bound, (name, worst)
-    assert record["mouth_box"].tolist() == d["mouth_box"].tolist()
-    for stage in EXACT_STAGES:
-        np.testing.assert_allclose(record[stage].cpu().numpy(), d[stage], rtol=0, atol=1e-3, err_msg=stage)
-    for stage in FLOAT16_STAGES:
-        ours = record[stage].cpu().numpy()
-        if stage in d.files:
-            ref = d[stage].astype(np.float32)
-            assert (np.abs(ours - ref) / np.maximum(1.0, np.abs(ref))).max() <= 1e-2, stage
-        flat = ours[0].reshape(ours.shape[1], -1).astype(np.float64)
-        stats = np.stack([flat.mean(1), flat.std(1), flat.min(1), flat.max(1)], 1)
-        ref_stats = d[f"{stage}_stats"]
-        assert (np.abs(stats - ref_stats) / np.maximum(1.0, np.abs(ref_stats))).max() <= 1e-3, stage
+    check_stages(record, d, exact_atol=1e-3, float16_rtol=1e-2, stats_rtol=1e-3)
 
 
 def _options(data, outdir, steps, **kw):

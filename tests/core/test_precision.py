@@ -8,10 +8,9 @@ import torch
 
 from core.default_model import TINY_CONFIG, random_generator
 from core.errors import InputError
-from core.networks.next3d import Next3DConfig, Next3DGenerator
 from core.networks.precision import FP32, PRECISIONS, Precision
 from core.networks.stylegan2 import Conv2dLayer, SynthesisLayer, ToRGBLayer
-from core.rendering.volume import RandomDraws
+import reference_model  # tests/core is on sys.path
 
 # bf16 against fp32 on case 1 of the reference weights, measured: image max 0.034, mean 0.0053; image_raw max
 # 0.0074; depth max 0.0058 (bench/precision.py). The tolerances leave about 3x room.
@@ -20,20 +19,12 @@ BF16_TOLERANCE = {"image": (0.1, 0.015), "image_raw": (0.03, 0.002), "image_dept
 
 @pytest.fixture(scope="module")
 def reference_generator(reference_dir):
-    weights = np.load(reference_dir / "state_dict.npz")
-    g = Next3DGenerator(Next3DConfig(channel_base=2048, channel_max=32)).eval().requires_grad_(False)
-    g.load_state_dict({k: torch.from_numpy(weights[k]) for k in weights.files if k != "uv_face_mask"}, strict=True)
-    g.uv_face_mask.copy_(torch.from_numpy(weights["uv_face_mask"]))
-    return g
+    return reference_model.reference_generator(reference_dir).requires_grad_(False)
 
 
 def render_case1(g, reference_dir):
-    d = np.load(reference_dir / "case1.npz")
-    t = lambda k: torch.from_numpy(d[k])  # noqa: E731
-    with torch.no_grad():
-        ws = g.mapping(t("z"), t("c_cond"), truncation_psi=float(d["truncation_psi"]),
-                       truncation_cutoff=int(d["truncation_cutoff"]))
-        return g.synthesis(ws, t("c"), t("v"), draws=RandomDraws(t("rand_stratified"), t("rand_pdf"))), d
+    d, _, out, _ = reference_model.run_case(g, reference_dir, "case1")
+    return out, d
 
 
 def test_fp32_is_the_default_and_set_precision_reaches_every_layer():
